@@ -1,0 +1,3 @@
+mod config;
+mod identity;
+fn main() {}
