@@ -96,7 +96,12 @@ pub const fn mapped_prefix_word() -> u32 {
 }
 
 /// `::ffff:127.0.0.1`: the canonical key for "any local address".
-pub const LOCAL_ADDR: [u32; 4] = [0, 0, mapped_prefix_word(), u32::from_ne_bytes([127, 0, 0, 1])];
+pub const LOCAL_ADDR: [u32; 4] = [
+    0,
+    0,
+    mapped_prefix_word(),
+    u32::from_ne_bytes([127, 0, 0, 1]),
+];
 
 /// The mapped form of a network-order IPv4 word.
 #[inline(always)]
@@ -144,7 +149,12 @@ mod tests {
         assert!(is_local(&[0, 0, 0, 0]));
         assert!(is_local(&[0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]));
         assert!(!is_local(&mapped(u32::from_ne_bytes([10, 0, 0, 5]))));
-        assert!(!is_local(&[u32::from_ne_bytes([0x20, 1, 0xd, 0xb8]), 0, 0, 1]));
+        assert!(!is_local(&[
+            u32::from_ne_bytes([0x20, 1, 0xd, 0xb8]),
+            0,
+            0,
+            1
+        ]));
         assert!(!is_local(&[0, 0, 0, u32::from_ne_bytes([0, 0, 0, 2])]));
     }
 

@@ -112,10 +112,7 @@ unsafe fn find_store(addr: &[u32; 4], port: u32) -> Option<u32> {
         }
     }
     STORES
-        .get(&StoreKey {
-            addr: [0; 4],
-            port,
-        })
+        .get(&StoreKey { addr: [0; 4], port })
         .map(|v| v.store_id)
 }
 
@@ -218,15 +215,20 @@ unsafe fn on_sock_ops(ctx: &SockOpsContext) {
         None => return,
     };
     let ops = ctx.ops;
+    // Load both forms unconditionally and pick by value: a branch between the
+    // two loads gets folded into a computed context offset, which the
+    // verifier rejects.
+    let ip4 = read_volatile(&(*ops).local_ip4);
+    let ip6 = [
+        read_volatile(&(*ops).local_ip6[0]),
+        read_volatile(&(*ops).local_ip6[1]),
+        read_volatile(&(*ops).local_ip6[2]),
+        read_volatile(&(*ops).local_ip6[3]),
+    ];
     let addr = if read_volatile(&(*ops).family) == AF_INET {
-        mapped(read_volatile(&(*ops).local_ip4))
+        mapped(ip4)
     } else {
-        [
-            read_volatile(&(*ops).local_ip6[0]),
-            read_volatile(&(*ops).local_ip6[1]),
-            read_volatile(&(*ops).local_ip6[2]),
-            read_volatile(&(*ops).local_ip6[3]),
-        ]
+        ip6
     };
     let key = PeerKey {
         addr,

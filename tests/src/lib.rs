@@ -1,1 +1,474 @@
+//! Harness for the integration tests: a child cgroup made for the test, a
+//! real daemon process on its own listener port and bpffs directory, real
+//! servers on loopback, and clients that know nothing of interceptor.
+//!
+//! These tests need root and a real kernel. They never skip: without root
+//! they fail and say why.
 
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const PYTHON: &str = "/usr/bin/python3";
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests attach eBPF programs and create cgroups: run them as root (`sudo cargo xtask test`)"
+    );
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// The interceptor binary under test (`INTERCEPTOR_BIN`, set by `cargo xtask test`).
+pub fn bin() -> PathBuf {
+    let path = std::env::var_os("INTERCEPTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/interceptor"));
+    assert!(
+        path.exists(),
+        "{} does not exist: build it with `cargo build -p interceptor` or run `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+pub fn client_script() -> PathBuf {
+    workspace_root().join("tests/scripts/client.py")
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup v2 mount")
+}
+
+/// A child cgroup made for one test, removed (with any process left in it,
+/// all of which the test started) on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let path = cgroup2_mount().join(format!("interceptor-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir(&path);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: plain kill(2) of a process this test started in its own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            if fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A TCP server on loopback: first sends `peer=<address it saw>\n`, then
+/// echoes everything until the client half-closes, then closes.
+pub struct EchoServer {
+    pub port: u16,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl EchoServer {
+    /// Listens on `ip:port` for every ip given (port 0 = pick one, shared by all).
+    pub fn start(ips: &[&str]) -> Self {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let mut port = 0u16;
+        for ip in ips {
+            let addr: SocketAddr = format!("{}:{port}", bracket(ip)).parse().expect("address");
+            let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            port = listener.local_addr().expect("local addr").port();
+            let accepted = accepted.clone();
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    thread::spawn(move || {
+                        let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                        if conn.write_all(format!("peer={peer}\n").as_bytes()).is_err() {
+                            return;
+                        }
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            match conn.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if conn.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = conn.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            });
+        }
+        EchoServer { port, accepted }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// A minimal HTTP/1.1 server for curl: answers every request with the peer
+/// address it saw.
+pub fn http_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind(format!("{}:0", bracket(ip))).expect("bind http");
+    let port = listener.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            thread::spawn(move || {
+                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok() {
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    line.clear();
+                }
+                let body = format!("hello from http, peer={peer}\n");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+pub fn bracket(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// One `[[store]]` of the test config.
+pub struct Store {
+    pub name: String,
+    pub protocol: String,
+    pub targets: Vec<String>,
+}
+
+pub fn tcp_store(name: &str, targets: &[String]) -> Store {
+    Store {
+        name: name.into(),
+        protocol: "tcp".into(),
+        targets: targets.to_vec(),
+    }
+}
+
+/// A real `interceptor run` process with its own config, listener port,
+/// bpffs directory and control socket. Dropping it kills the daemon and
+/// detaches its pins.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub listen_port: u16,
+    pub bpffs: PathBuf,
+    starts: usize,
+}
+
+impl Daemon {
+    pub fn config_text(
+        cgroup: &Path,
+        listen_port: u16,
+        bpffs: &Path,
+        dir: &Path,
+        stores: &[Store],
+    ) -> String {
+        let mut text = format!(
+            "[daemon]\ncgroup = \"{}\"\nlisten = \"127.0.0.1:{listen_port}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\nbpffs = \"{}\"\n",
+            cgroup.display(),
+            dir.join("state").display(),
+            dir.join("control.sock").display(),
+            bpffs.display()
+        );
+        for s in stores {
+            let targets: Vec<String> = s.targets.iter().map(|t| format!("\"{t}\"")).collect();
+            text.push_str(&format!(
+                "\n[[store]]\nname = \"{}\"\nprotocol = \"{}\"\ntargets = [{}]\n",
+                s.name,
+                s.protocol,
+                targets.join(", ")
+            ));
+        }
+        text
+    }
+
+    /// Writes the config and starts the daemon; returns once it is ready.
+    pub fn start(name: &str, cgroup: &TestCgroup, listen_port: u16, stores: &[Store]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bpffs = PathBuf::from(format!(
+            "/sys/fs/bpf/interceptor-test-{name}-{}",
+            std::process::id()
+        ));
+        let config = dir.path().join("interceptor.toml");
+        fs::write(
+            &config,
+            Self::config_text(&cgroup.path, listen_port, &bpffs, dir.path(), stores),
+        )
+        .expect("write config");
+        let log = dir.path().join("daemon.log");
+        let mut d = Daemon {
+            child: None,
+            dir,
+            config,
+            log,
+            listen_port,
+            bpffs,
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts (or restarts) the daemon process and waits for "ready".
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        self.starts += 1;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("INTERCEPTOR_LOG_FORMAT", "json")
+            .env("INTERCEPTOR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn interceptor run");
+        self.child = Some(child);
+        self.wait_ready(self.starts);
+    }
+
+    fn wait_ready(&mut self, nth: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self
+                .log_lines()
+                .iter()
+                .filter(|v| v["message"] == "ready")
+                .count();
+            if ready >= nth {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "daemon exited during start ({status}):\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready after 30s:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        // SAFETY: signalling the daemon process this harness started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait daemon")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Session-open events logged by the daemon.
+    pub fn sessions_opened(&self) -> Vec<Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|v| v["message"] == "session opened")
+            .collect()
+    }
+
+    pub fn sessions_closed(&self) -> Vec<Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|v| v["message"] == "session closed")
+            .collect()
+    }
+
+    /// `interceptor exec --config F -- args...`
+    pub fn exec(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("exec")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--")
+            .args(args);
+        cmd
+    }
+
+    /// Runs the python client inside the cgroup; one JSON object per connection.
+    pub fn client(&self, args: &[&str]) -> Vec<Value> {
+        let script = client_script();
+        let mut full = vec![PYTHON, script.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        parse_client(self.exec(&full).output().expect("run client"))
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run interceptor")
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = Command::new(bin())
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output();
+        let _ = fs::remove_dir_all(&self.bpffs);
+    }
+}
+
+/// Runs the python client outside any test cgroup.
+pub fn client_outside(args: &[&str]) -> Vec<Value> {
+    let script = client_script();
+    parse_client(
+        Command::new(PYTHON)
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("run client"),
+    )
+}
+
+fn parse_client(out: Output) -> Vec<Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("client line {l:?}: {e}")))
+        .collect()
+}
+
+/// The address the echo server reported seeing, as a string.
+pub fn server_saw(result: &Value) -> String {
+    result["server_saw"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("peer=")
+        .to_string()
+}
+
+/// "ip:port" of the client's own socket, formatted like the server's view.
+pub fn sockname(result: &Value) -> String {
+    let ip = result["sockname"][0].as_str().unwrap_or_default();
+    // An AF_INET6 socket on a mapped address is plain IPv4 to the server.
+    let ip = ip
+        .strip_prefix("::ffff:")
+        .filter(|v4| v4.contains('.'))
+        .unwrap_or(ip);
+    let port = result["sockname"][1].as_u64().unwrap_or_default();
+    format!("{}:{port}", bracket(ip))
+}
+
+/// Whether the connection reached the server through the proxy: the server
+/// saw a peer other than the client's own socket.
+pub fn went_through_proxy(result: &Value) -> bool {
+    result.get("error").is_none() && server_saw(result) != sockname(result)
+}
+
+/// Raw TCP connect from this (test) process, outside the cgroup.
+pub fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(5))
+}

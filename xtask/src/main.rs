@@ -1,1 +1,235 @@
-fn main(){}
+//! Project tasks: `cargo xtask <setup|build|run|test>`.
+
+mod setup;
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use util::{cargo, is_root, run, show, step, target_dir, workspace_root};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "interceptor project tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain parts, Debian and PyPI packages; mount bpffs (idempotent).
+    Setup {
+        /// Print the commands that would change the machine instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Treat every component as missing (combine with --dry-run to see all commands).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build the interceptor binary (the eBPF object is built and embedded by its build.rs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `interceptor run --config policies/default.toml [ARGS...]` (root).
+    Run {
+        /// Extra arguments for `interceptor run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// fmt check, clippy, build, then the whole test suite as root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter; args after a
+        /// second `--` go to the test harness).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup { dry_run, force } => setup::setup(setup::Options { dry_run, force }),
+        Task::Build { release } => build(release).map(|bin| println!("binary: {}", bin.display())),
+        Task::Run { args } => run_daemon(args),
+        Task::Test { args } => test(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo build -p interceptor`; returns the absolute path of the binary.
+fn build(release: bool) -> Result<PathBuf> {
+    let profile = if release { "release" } else { "debug" };
+    step(format!("building interceptor ({profile})"));
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "interceptor"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd).context(
+        "build failed: see the compiler output above \
+         (missing bpf-linker or rust-src? run `cargo xtask setup`)",
+    )?;
+    let bin = target_dir()?.join(profile).join("interceptor");
+    if !bin.exists() {
+        bail!("the build succeeded but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
+fn run_daemon(args: Vec<String>) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask run` must run as root: the daemon loads eBPF programs \
+             and attaches them to a cgroup (try `sudo -E cargo xtask run`)"
+        );
+    }
+    let bin = build(false)?;
+    let root = workspace_root();
+    let config = "policies/default.toml";
+    if !root.join(config).exists() {
+        bail!("{} does not exist", root.join(config).display());
+    }
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.current_dir(&root)
+        .args(["run", "--config", config])
+        .args(&args);
+    step(format!("running {}", show(&cmd)));
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("could not exec {}", bin.display()))
+}
+
+fn test(args: Vec<String>) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask test` must run as root: the integration tests load eBPF programs, \
+             create cgroups and start real servers (they are never skipped)"
+        );
+    }
+    step("checking formatting (cargo fmt --all --check)");
+    run(cargo().args(["fmt", "--all", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+
+    step("running clippy (cargo clippy --workspace --all-targets -- -D warnings)");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found problems: fix the warnings above")?;
+
+    let bin = build(false)?;
+
+    // Args before a `--` go to cargo test, those after it to the test harness.
+    let (cargo_args, harness_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (&args[..], &[][..]),
+    };
+    let mut cmd = cargo();
+    cmd.env("INTERCEPTOR_BIN", &bin)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(cargo_args)
+        .arg("--");
+    if !harness_args.iter().any(|a| a.starts_with("--test-threads")) {
+        cmd.arg("--test-threads=2");
+    }
+    cmd.args(harness_args);
+    step(format!("running tests ({})", show(&cmd)));
+
+    // Stream cargo test's stdout (where the harness reports) while tallying it.
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{}`", show(&cmd)))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut tally = Tally::default();
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("could not read cargo test's output")?;
+        writeln!(out, "{line}")?;
+        tally.add(&line);
+    }
+    drop(out);
+    let status = child.wait()?;
+
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 {
+        bail!("{} test(s) failed (see above)", tally.failed);
+    }
+    if !status.success() {
+        bail!("`cargo test` failed ({status}): see the output above");
+    }
+    if tally.results == 0 {
+        bail!("`cargo test` reported no test results");
+    }
+    Ok(())
+}
+
+/// Totals over libtest's `test result: ok. X passed; Y failed; ...` lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    results: u64,
+}
+
+impl Tally {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        self.results += 1;
+        // "ok. 3 passed; 0 failed; 1 ignored; ..." / "FAILED. 2 passed; 1 failed; ..."
+        let rest = rest.split_once(". ").map_or(rest, |(_, r)| r);
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_counts_result_lines() {
+        let mut t = Tally::default();
+        for line in [
+            "running 3 tests",
+            "test a ... ok",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ] {
+            t.add(line);
+        }
+        assert_eq!((t.passed, t.failed, t.results), (5, 1, 3));
+    }
+}

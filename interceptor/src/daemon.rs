@@ -1,0 +1,239 @@
+//! `interceptor run`: bind, attach, serve, keep the store map fresh, stop
+//! cleanly. Stopping never detaches: while the daemon is down, intercepted
+//! connects are refused.
+
+use std::{
+    path::Path,
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::{signal::unix::SignalKind, sync::watch};
+
+use crate::{
+    audit::{self, LogRecorder},
+    config::Config,
+    control,
+    proxy::{self, Proxy, Stats, UpstreamConnector},
+    redirect::{self, stores, InstallSpec, Redirector},
+};
+
+/// How long open sessions may run on after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(10);
+
+pub fn run(config_path: &Path) -> Result<()> {
+    init_tracing();
+    let cfg = Config::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("interceptor")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(cfg))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("INTERCEPTOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("INTERCEPTOR_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run_async(cfg: Config) -> Result<()> {
+    let started = Instant::now();
+    let cgroup = redirect::cgroup::resolve(&cfg.daemon.cgroup, true)?;
+
+    // Listen before attaching, so the first redirected connect already lands.
+    let listen = cfg.daemon.listen;
+    let listeners = proxy::bind_listeners(listen).with_context(|| {
+        format!("cannot listen on {listen}: is another interceptor running? (`interceptor status`)")
+    })?;
+
+    let (resolved, failures) = resolve(cfg.stores.clone()).await;
+    for f in &failures {
+        tracing::warn!(target_name = %f, "store target does not resolve; retrying every {:?}", cfg.daemon.resolve_interval);
+    }
+    let entries = stores::desired_entries(&cfg.stores, &resolved);
+    let spec = InstallSpec {
+        bpffs: &cfg.daemon.bpffs,
+        cgroup: &cgroup,
+        listen,
+        upstream_mark: cfg.daemon.upstream_mark,
+    };
+    let (redirector, peers) = redirect::install(&spec, &entries)?;
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        listen = %listen,
+        bpffs = %cfg.daemon.bpffs.display(),
+        store_entries = entries.len(),
+        "attached: connects to stores from this cgroup are now intercepted"
+    );
+    for store in &cfg.stores {
+        if store.protocol != crate::config::Protocol::Tcp {
+            tracing::warn!(
+                store = %store.name,
+                protocol = %store.protocol,
+                "no {} handler in this build yet: connections to this store are refused (fail closed)",
+                store.protocol
+            );
+        }
+    }
+
+    let proxy = Arc::new(Proxy {
+        stores: cfg.stores.clone(),
+        peers,
+        recorder: Arc::new(LogRecorder),
+        upstream: UpstreamConnector {
+            mark: cfg.daemon.upstream_mark,
+        },
+        host: audit::hostname(),
+        stats: Stats::default(),
+    });
+    let redirector = Arc::new(Mutex::new(redirector));
+
+    let control_listener = control::bind(&cfg.daemon.control_socket)?;
+    let handler = Arc::new(StatusHandler {
+        proxy: proxy.clone(),
+        started,
+        cfg: cfg.clone(),
+    });
+    tokio::spawn(control::serve(control_listener, handler));
+    tokio::spawn(refresh_stores(cfg.clone(), redirector.clone(), resolved));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping: programs stay attached, intercepted connects are refused until the daemon is back");
+        let _ = shutdown_tx.send(true);
+    });
+
+    notify_systemd("READY=1");
+    tracing::info!(pid = std::process::id(), "ready");
+    proxy.clone().serve(listeners, shutdown_rx, DRAIN).await;
+    notify_systemd("STOPPING=1");
+    let _ = std::fs::remove_file(&cfg.daemon.control_socket);
+    Ok(())
+}
+
+async fn resolve(stores: Vec<crate::config::StoreConfig>) -> (stores::Resolved, Vec<String>) {
+    tokio::task::spawn_blocking(move || stores::resolve_all(&stores))
+        .await
+        .unwrap_or_else(|e| {
+            (
+                stores::Resolved::new(),
+                vec![format!("resolver task failed: {e}")],
+            )
+        })
+}
+
+/// Re-resolves hostname targets and updates the kernel map when addresses
+/// change. A name that stops resolving keeps its last known addresses.
+async fn refresh_stores(
+    cfg: Config,
+    redirector: Arc<Mutex<Redirector>>,
+    mut last: stores::Resolved,
+) {
+    let has_names = cfg
+        .stores
+        .iter()
+        .flat_map(|s| &s.targets)
+        .any(|t| matches!(t.host, crate::config::TargetHost::Name(_)));
+    if !has_names {
+        return;
+    }
+    let mut tick = tokio::time::interval(cfg.daemon.resolve_interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (mut fresh, failures) = resolve(cfg.stores.clone()).await;
+        for f in &failures {
+            tracing::warn!(target_name = %f, "store target does not resolve; keeping its last addresses");
+        }
+        for (name, ips) in &last {
+            fresh.entry(name.clone()).or_insert_with(|| ips.clone());
+        }
+        if fresh != last {
+            let entries = stores::desired_entries(&cfg.stores, &fresh);
+            let mut r = redirector.lock().unwrap_or_else(|p| p.into_inner());
+            match r.set_stores(&entries) {
+                Ok(()) => tracing::info!(
+                    store_entries = entries.len(),
+                    "store addresses changed: kernel map updated"
+                ),
+                Err(e) => tracing::error!(error = %e, "updating the store map failed"),
+            }
+            last = fresh;
+        }
+    }
+}
+
+struct StatusHandler {
+    proxy: Arc<Proxy>,
+    started: Instant,
+    cfg: Config,
+}
+
+impl control::Handler for StatusHandler {
+    fn handle(&self, command: &str) -> serde_json::Value {
+        match command {
+            "status" => {
+                let s = &self.proxy.stats;
+                serde_json::json!({
+                    "pid": std::process::id(),
+                    "uptime_s": self.started.elapsed().as_secs(),
+                    "listen": self.cfg.daemon.listen.to_string(),
+                    "cgroup": self.cfg.daemon.cgroup,
+                    "stores": self.cfg.stores.iter().map(|s| serde_json::json!({"name": s.name, "protocol": s.protocol.as_str()})).collect::<Vec<_>>(),
+                    "sessions_accepted": s.accepted.load(Ordering::Relaxed),
+                    "sessions_active": s.active.load(Ordering::Relaxed),
+                    "rejected_without_record": s.rejected_no_record.load(Ordering::Relaxed),
+                    "upstream_failures": s.upstream_failures.load(Ordering::Relaxed),
+                })
+            }
+            other => {
+                serde_json::json!({ "error": format!("unknown command {other:?}; known: status") })
+            }
+        }
+    }
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

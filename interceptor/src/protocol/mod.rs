@@ -1,0 +1,5 @@
+//! One handler per store protocol. Each takes the accepted client stream, the
+//! original destination and the session record, runs the session to its end
+//! and returns why it ended.
+
+pub mod tcp;

@@ -1,0 +1,235 @@
+//! The listener every intercepted connect lands on: accept, find out who
+//! connected and where they were going, dispatch to the store's protocol
+//! handler.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use interceptor_ebpf::ConnRecord;
+use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket, Type};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+    task::JoinSet,
+};
+
+use crate::{
+    audit::{Recorder, SessionRecord},
+    config::{Protocol, StoreConfig},
+    identity::{Identity, KernelIdentity},
+    protocol,
+    redirect::{stores, PeerTable},
+};
+
+/// How long an upstream connect may take before the session is ended.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the daemon's own upstream connections. Every socket carries the
+/// upstream mark, which the connect hook recognises and leaves alone; only a
+/// process with CAP_NET_ADMIN can set it, so no task can forge it.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamConnector {
+    pub mark: u32,
+}
+
+impl UpstreamConnector {
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        SockRef::from(&socket).set_mark(self.mark)?;
+        socket.set_nodelay(true)?;
+        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, socket.connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "upstream connect timed out",
+            )),
+        }
+    }
+}
+
+/// Counters shown by `interceptor status`.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    pub rejected_no_record: AtomicU64,
+    pub upstream_failures: AtomicU64,
+}
+
+/// Everything a connection task needs, shared.
+pub struct Proxy {
+    pub stores: Vec<StoreConfig>,
+    pub peers: PeerTable,
+    pub recorder: Arc<dyn Recorder>,
+    pub upstream: UpstreamConnector,
+    pub host: String,
+    pub stats: Stats,
+}
+
+/// Binds the listener address and its loopback twin of the other family
+/// (same port), so IPv4, IPv4-mapped and native IPv6 connects all land.
+pub fn bind_listeners(listen: SocketAddr) -> io::Result<Vec<TcpListener>> {
+    let twin = match listen.ip() {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::V6(stores::proxy_ip6(&listen)), listen.port()),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::V4(stores::proxy_ip4(&listen)), listen.port()),
+    };
+    let mut out = vec![bind_one(listen)?];
+    match bind_one(twin) {
+        Ok(l) => out.push(l),
+        Err(e) => tracing::warn!(
+            addr = %twin,
+            error = %e,
+            "cannot listen on the loopback twin: intercepted connects of that family will be refused"
+        ),
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProtocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+impl Proxy {
+    /// Accepts until `shutdown` turns true, then waits for open sessions to
+    /// end (at most `drain`).
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Vec<TcpListener>,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        let mut sessions = JoinSet::new();
+        let mut accepts = JoinSet::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(1024);
+        for listener in listeners {
+            let tx = tx.clone();
+            accepts.spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok(conn) => {
+                            if tx.send(conn).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        drop(tx);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                conn = rx.recv() => {
+                    let Some((stream, peer)) = conn else { break };
+                    let this = self.clone();
+                    sessions.spawn(async move { this.handle(stream, peer).await });
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        accepts.abort_all();
+        let active = sessions.len();
+        if active > 0 {
+            tracing::info!(active, "waiting for open sessions to finish");
+            let _ = tokio::time::timeout(drain, async {
+                while sessions.join_next().await.is_some() {}
+            })
+            .await;
+            sessions.abort_all();
+        }
+    }
+
+    async fn handle(&self, client: TcpStream, peer: SocketAddr) {
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let Some(record) = self.peers.take(&peer) else {
+            self.stats
+                .rejected_no_record
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client = %peer, "connection without a redirect record (someone dialled the listener directly): closed");
+            return;
+        };
+        let Some(store) = self.stores.get(record.store_id as usize) else {
+            tracing::warn!(client = %peer, store_id = record.store_id, "redirect record names an unknown store: closed");
+            return;
+        };
+        let original_dst =
+            SocketAddr::new(stores::words_ip(&record.orig_addr), record.orig_port as u16);
+        let identity = Identity::resolve(kernel_identity(&record));
+        let mut session = SessionRecord::open(
+            &self.host,
+            &store.name,
+            store.protocol.as_str(),
+            peer,
+            original_dst,
+            identity,
+        );
+        self.recorder.session_opened(&session);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        let reason = match store.protocol {
+            Protocol::Tcp => {
+                protocol::tcp::serve(client, original_dst, &self.upstream, &mut session).await
+            }
+            other => {
+                // No handler for this protocol yet: relaying raw bytes would
+                // skip every rule and mask, so the session is refused.
+                reset(client);
+                format!(
+                    "{other} handler not available in this build: connection refused (fail closed)"
+                )
+            }
+        };
+        if reason.starts_with("upstream connect") {
+            self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        session.close(reason);
+        self.recorder.session_closed(&session);
+    }
+}
+
+fn kernel_identity(r: &ConnRecord) -> KernelIdentity {
+    let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+    KernelIdentity {
+        tgid: r.tgid,
+        tid: r.tid,
+        uid: r.uid,
+        gid: r.gid,
+        comm: String::from_utf8_lossy(&r.comm[..end]).into_owned(),
+        cgroup_id: r.cgroup_id,
+    }
+}
+
+/// Ends a client connection with a TCP reset, the closest a transparent proxy
+/// can come to "connection refused" once the handshake has happened.
+pub fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
