@@ -95,13 +95,10 @@ pub const fn mapped_prefix_word() -> u32 {
     u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
-/// `::ffff:127.0.0.1`: the canonical key for "any local address".
-pub const LOCAL_ADDR: [u32; 4] = [
-    0,
-    0,
-    mapped_prefix_word(),
-    u32::from_ne_bytes([127, 0, 0, 1]),
-];
+/// The key address that stands for "any local address". All ones is a
+/// multicast address no TCP connect can dial, so it never collides with a
+/// real target.
+pub const LOCAL_ADDR: [u32; 4] = [u32::MAX; 4];
 
 /// The mapped form of a network-order IPv4 word.
 #[inline(always)]
