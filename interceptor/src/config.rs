@@ -366,8 +366,8 @@ impl FromStr for Target {
             }
             if colons > 1 {
                 return Err(fail(
-                    "IPv6 addresses must be written in brackets, followed by the port".into(),
-                    "e.g. \"[::1]:5432\" or \"[::ffff:10.0.0.5]:5432\"".into(),
+                    "an IPv6 address without brackets".into(),
+"write IPv6 addresses in brackets, followed by the port: \"[::1]:5432\" or \"[::ffff:10.0.0.5]:5432\"".into(),
                 ));
             }
             let (host, port) = s.split_once(':').unwrap_or((s, ""));
@@ -571,6 +571,12 @@ impl MaskStrategy {
     }
 }
 
+impl fmt::Display for MaskStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[[mask]]`: values rewritten in replies before the client sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskConfig {
@@ -644,12 +650,20 @@ impl Source<'_> {
 
     /// The end of the file: where a missing table would be added.
     fn end(&self) -> Range<usize> {
-        self.text.len()..self.text.len()
+        let end = self.text.trim_end().len();
+        end..end
     }
 
     fn toml_error(&self, e: &toml::de::Error, syntax: bool) -> ConfigError {
         let span = e.span().unwrap_or(0..0);
-        let message = e.message().trim_end().to_string();
+        // toml puts "expected ..." on a second line; keep the message on one.
+        let message = e
+            .message()
+            .trim()
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(": ");
         let hint = if syntax {
             syntax_hint(&message)
         } else {
@@ -781,23 +795,34 @@ fn did_you_mean<S: AsRef<str>>(got: &str, candidates: &[S]) -> Option<String> {
                 c.as_ref(),
             )
         })
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < got.len().max(c.len()))
+        .min_by_key(|(d, c)| (*d, c.len().abs_diff(got.len())))
         .map(|(_, c)| c.to_string())
 }
 
+/// Edit distance counting an adjacent transposition ("dorp") as one edit.
 fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 // ---------------------------------------------------------------------------
@@ -992,10 +1017,6 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e, false))?;
         raw.validate(&src)
     }
-
-    pub fn store(&self, name: &str) -> Option<&StoreConfig> {
-        self.stores.iter().find(|s| s.name == name)
-    }
 }
 
 /// The policy decides what an unprivileged task may do with secrets: a
@@ -1093,7 +1114,7 @@ fn validate_daemon(src: &Source<'_>, raw: RawDaemon) -> Result<DaemonConfig, Con
                 return Err(src.at(
                     m,
                     format!("upstream_mark {} is not a non-zero 32-bit mark", m.get_ref()),
-                    "use a value 1..=0xFFFF_FFFF not used by other software's SO_MARK/fwmark rules (default 0x4943_5054)",
+                    "use a non-zero value in 1..=0xFFFF_FFFF that no other software uses for SO_MARK/fwmark rules (default 0x4943_5054)",
                 ))
             }
         },
@@ -1126,8 +1147,17 @@ fn validate_cgroup(src: &Source<'_>, raw: &S<String>) -> Result<String, ConfigEr
     if value.contains('\0') {
         return Err(src.at(raw, "daemon.cgroup contains a NUL byte", hint));
     }
-    let trimmed = value.trim_end_matches('/');
-    if trimmed.is_empty() || trimmed == "/sys/fs/cgroup" || trimmed == "/sys/fs/cgroup/unified" {
+    let parts: Vec<&str> = value
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let normalized = format!(
+        "{}{}",
+        if value.starts_with('/') { "/" } else { "" },
+        parts.join("/")
+    );
+    if parts.is_empty() || normalized == "/sys/fs/cgroup" || normalized == "/sys/fs/cgroup/unified"
+    {
         return Err(src.at(
             raw,
             format!("daemon.cgroup `{value}` is the root cgroup: every process on the host would be intercepted"),
@@ -1864,4 +1894,847 @@ pub fn check_report(cfg: &Config) -> String {
         cfg.daemon.cgroup,
         cfg.daemon.listen,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example config from DESIGN.md, verbatim.
+    const DESIGN_EXAMPLE: &str = r#"
+[daemon]
+cgroup = "/sys/fs/cgroup/system.slice/gitlab-runner.service" # cgroup v2 dir whose tasks are intercepted
+listen = "127.0.0.1:915"             # redirect target; below 1024 so no unprivileged task can squat it
+state_dir = "/var/lib/interceptor"   # CA, host key, journal
+audit_dir = "/var/lib/interceptor/audit"
+control_socket = "/run/interceptor/control.sock"
+bpffs = "/sys/fs/bpf/interceptor"
+
+[audit]
+durability = "batched"               # batched | strict (fsync before forwarding)
+flush_interval = "60s"               # journal -> Parquet
+on_failure = "block"                 # block | allow: what to do when the recorder cannot write
+statements = "normalized"            # normalized (literals -> $n) | raw
+
+[[store]]
+name = "ci-db"
+protocol = "postgres"                # postgres | redis | http | tcp
+targets = ["10.0.0.5:5432", "db.internal:5432", "*:5432"]   # "*" = any address on that port
+upstream_tls = "prefer"              # disable | prefer | require | verify-full
+upstream_ca = "/etc/ssl/certs/db-ca.pem"                    # optional
+
+[[rule]]
+name = "no-ddl"
+stores = ["ci-db"]                   # omitted = every store
+action = "deny"                      # deny | approve | allow
+message = "DDL is not allowed from CI"
+identity = { uid = [1001], unit = ["gitlab-runner.service"], exe = ["/usr/bin/psql"], env = { CI_PROJECT_PATH = "infra/*" } }
+sql = { statements = ["drop", "truncate", "alter", "grant"], functions = ["pg_read_file", "dblink*"], relations = ["pg_authid"], unparsable = true, without_where = ["delete", "update"] }
+redis = { commands = ["FLUSHALL", "CONFIG SET", "KEYS"] }
+http = { methods = ["DELETE"], paths = ["/v1/sys/*"] }
+
+[[mask]]
+name = "secrets"
+stores = ["ci-db"]
+columns = ["password", "*_token", "users.api_key"]        # postgres result columns
+keys = ["secret:*"]                                        # redis keys whose values are masked
+json = ["data.data.*", "auth.client_token", "wrap_info.token"]  # http JSON field paths
+detectors = ["aws_access_key_id", "private_key", "github_token", "jwt"]   # any value, any protocol
+strategy = "redact"                  # redact | partial | hash | null
+"#;
+
+    const DAEMON: &str = "[daemon]\ncgroup = \"ci\"\n";
+    const PG: &str = "[[store]]\nname = \"db\"\nprotocol = \"postgres\"\ntargets = [\"*:5432\"]\n";
+    const REDIS: &str =
+        "[[store]]\nname = \"cache\"\nprotocol = \"redis\"\ntargets = [\"*:6379\"]\n";
+    const VAULT: &str =
+        "[[store]]\nname = \"vault\"\nprotocol = \"http\"\ntargets = [\"*:8200\"]\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn ok(text: &str) -> Config {
+        match parse(text) {
+            Ok(c) => c,
+            Err(e) => panic!("expected a valid config, got:\n{e}"),
+        }
+    }
+
+    /// Asserts that `text` is rejected, on the line holding the last
+    /// occurrence of `at`, with `hint` in the hint.
+    #[track_caller]
+    fn rejects(text: &str, at: &str, hint: &str) -> String {
+        let err = match parse(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e,
+        };
+        let shown = err.to_string();
+        let ConfigError::Invalid {
+            line,
+            hint: got_hint,
+            ..
+        } = &err
+        else {
+            panic!("expected ConfigError::Invalid, got {shown}");
+        };
+        let offset = text
+            .rfind(at)
+            .unwrap_or_else(|| panic!("`{at}` not in the config"));
+        let want_line = text[..offset].matches('\n').count() + 1;
+        assert_eq!(*line, want_line, "wrong line in:\n{shown}");
+        assert!(
+            shown.starts_with(&format!("test.toml:{want_line}:")),
+            "no FILE:LINE: prefix in:\n{shown}"
+        );
+        assert!(
+            got_hint.contains(hint),
+            "hint `{got_hint}` lacks `{hint}`:\n{shown}"
+        );
+        assert!(
+            shown.contains(&format!("hint: {got_hint}")),
+            "hint not displayed:\n{shown}"
+        );
+        assert!(shown.contains('^'), "no caret in:\n{shown}");
+        shown
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = ok(DESIGN_EXAMPLE);
+        assert_eq!(
+            c.daemon.cgroup,
+            "/sys/fs/cgroup/system.slice/gitlab-runner.service"
+        );
+        assert_eq!(
+            c.daemon.audit_dir,
+            PathBuf::from("/var/lib/interceptor/audit")
+        );
+        assert_eq!(c.stores.len(), 1);
+        let s = &c.stores[0];
+        assert_eq!(
+            (s.name.as_str(), s.protocol, s.upstream_tls),
+            ("ci-db", Protocol::Postgres, UpstreamTls::Prefer)
+        );
+        assert_eq!(
+            s.upstream_ca,
+            Some(PathBuf::from("/etc/ssl/certs/db-ca.pem"))
+        );
+        let hosts: Vec<&TargetHost> = s.targets.iter().map(|t| &t.host).collect();
+        assert_eq!(
+            hosts,
+            [
+                &TargetHost::Ip("10.0.0.5".parse().unwrap()),
+                &TargetHost::Name("db.internal".into()),
+                &TargetHost::Any
+            ]
+        );
+        assert!(s.targets.iter().all(|t| t.port == 5432));
+        let r = &c.rules[0];
+        assert_eq!(r.action, Action::Deny);
+        assert_eq!(r.stores, Some(vec!["ci-db".to_string()]));
+        let id = r.identity.as_ref().unwrap();
+        assert_eq!(id.uid, Some(vec![1001]));
+        assert_eq!(id.env.as_ref().unwrap()["CI_PROJECT_PATH"], "infra/*");
+        let sql = r.sql.as_ref().unwrap();
+        assert_eq!(sql.unparsable, Some(true));
+        assert_eq!(
+            sql.without_where,
+            Some(vec!["delete".into(), "update".into()])
+        );
+        assert_eq!(
+            r.redis.as_ref().unwrap().commands,
+            Some(vec!["FLUSHALL".into(), "CONFIG SET".into(), "KEYS".into()])
+        );
+        assert_eq!(
+            r.http.as_ref().unwrap().methods,
+            Some(vec!["DELETE".into()])
+        );
+        let m = &c.masks[0];
+        assert_eq!(m.strategy, MaskStrategy::Redact);
+        assert_eq!(m.detectors.as_ref().unwrap().len(), 4);
+        assert_eq!(c.path, PathBuf::from("test.toml"));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = ok(&format!("{DAEMON}{PG}{REDIS}"));
+        let d = &c.daemon;
+        assert_eq!(d.listen, "127.0.0.1:915".parse().unwrap());
+        assert!(!d.allow_unprivileged_listen_port);
+        assert_eq!(d.state_dir, PathBuf::from("/var/lib/interceptor"));
+        assert_eq!(d.audit_dir, PathBuf::from("/var/lib/interceptor/audit"));
+        assert_eq!(
+            d.control_socket,
+            PathBuf::from("/run/interceptor/control.sock")
+        );
+        assert_eq!(d.bpffs, PathBuf::from("/sys/fs/bpf/interceptor"));
+        assert_eq!(d.upstream_mark, 0x4943_5054);
+        assert_eq!(d.resolve_interval, Duration::from_secs(30));
+        assert_eq!(c.audit, AuditConfig::default());
+        assert_eq!(c.audit.durability, Durability::Batched);
+        assert_eq!(c.audit.flush_interval, Duration::from_secs(60));
+        assert_eq!(c.audit.on_failure, OnFailure::Block);
+        assert_eq!(c.audit.statements, StatementMode::Normalized);
+        assert_eq!(c.stores[0].upstream_tls, UpstreamTls::Prefer);
+        assert_eq!(c.stores[1].upstream_tls, UpstreamTls::Disable);
+        assert!(c.rules.is_empty() && c.masks.is_empty());
+
+        // audit_dir follows state_dir; an [audit] table may set only some keys.
+        let c = ok(&format!(
+            "[daemon]\ncgroup = \"ci\"\nstate_dir = \"/srv/icpt\"\nresolve_interval = \"5m\"\nupstream_mark = 7\n\
+             [audit]\ndurability = \"strict\"\n{PG}"
+        ));
+        assert_eq!(c.daemon.audit_dir, PathBuf::from("/srv/icpt/audit"));
+        assert_eq!(c.daemon.resolve_interval, Duration::from_secs(300));
+        assert_eq!(c.daemon.upstream_mark, 7);
+        assert_eq!(c.audit.durability, Durability::Strict);
+        assert_eq!(c.audit.flush_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn store_errors() {
+        rejects(DAEMON, "cgroup", "add at least one [[store]]");
+        rejects(&format!("{DAEMON}{PG}{PG}"), "name = \"db\"", "unique name");
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"\"\nprotocol = \"tcp\"\ntargets = [\"*:1\"]\n"),
+            "name = \"\"",
+            "unique name",
+        );
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = []\n"),
+            "targets = []",
+            "HOST:PORT",
+        );
+        rejects(
+            &format!("{DAEMON}{PG}[[store]]\nname = \"b\"\nprotocol = \"tcp\"\ntargets = [\"10.0.0.1:1\", \"*:5432\"]\n"),
+            "\"*:5432\"]",
+            "only one store",
+        );
+        // Every local address reaches the same listeners.
+        let e = rejects(
+            &format!(
+                "{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = [\"127.0.0.1:7000\"]\n\
+                 [[store]]\nname = \"b\"\nprotocol = \"tcp\"\ntargets = [\"[::1]:7000\"]\n"
+            ),
+            "[::1]:7000",
+            "only one store",
+        );
+        assert!(e.contains("already claimed by store `a`"), "{e}");
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = [\"db.internal:1\", \"DB.internal:1\"]\n"),
+            "targets",
+            "remove the duplicate",
+        );
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = [\"10.0.0.1:1\", \"*:915\"]\n"),
+            "targets",
+            "the proxy listens on 127.0.0.1:915",
+        );
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = [\"127.0.0.9:915\"]\n"),
+            "targets",
+            "different port",
+        );
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = [\"localhost:915\"]\n"),
+            "targets",
+            "different port",
+        );
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = [\"bad host!:1\"]\n"),
+            "targets",
+            "HOST:PORT",
+        );
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"redis\"\ntargets = [\"*:1\"]\nupstream_ca = \"/ca.pem\"\n"),
+            "upstream_ca",
+            "verify-full",
+        );
+        rejects(
+            &format!(
+                "{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"postgres\"\ntargets = [\"*:1\"]\nupstream_tls = \"disable\"\nupstream_ca = \"/ca.pem\"\n"
+            ),
+            "upstream_tls",
+            "remove upstream_ca",
+        );
+        rejects(
+            &format!(
+                "{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"mysql\"\ntargets = [\"*:1\"]\n"
+            ),
+            "mysql",
+            "\"postgres\"",
+        );
+        rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\n"),
+            "[[store]]",
+            "targets = [",
+        );
+        rejects(
+            &format!(
+                "{DAEMON}[[store]]\nname = \"a b\"\nprotocol = \"tcp\"\ntargets = [\"*:1\"]\n"
+            ),
+            "a b",
+            "letters, digits",
+        );
+        // Different stores may share a port on different hosts, and a store
+        // may list several local addresses.
+        ok(&format!(
+            "{DAEMON}{PG}[[store]]\nname = \"b\"\nprotocol = \"tcp\"\ntargets = [\"10.0.0.1:5432\", \"127.0.0.1:7000\", \"[::1]:7000\"]\n"
+        ));
+        let c = ok(&format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"redis\"\ntargets = [\"*:1\"]\nupstream_tls = \"verify-full\"\nupstream_ca = \"/ca.pem\"\n"));
+        assert_eq!(c.stores[0].upstream_tls, UpstreamTls::VerifyFull);
+    }
+
+    #[test]
+    fn daemon_errors() {
+        let with = |daemon: &str| format!("[daemon]\n{daemon}\n{PG}");
+        let cgroup_hint = "runner's cgroup v2 directory";
+        rejects(&with("cgroup = \"\""), "cgroup", cgroup_hint);
+        rejects(&with("cgroup = \"/\""), "cgroup", cgroup_hint);
+        rejects(&with("cgroup = \"/sys/fs/cgroup/\""), "cgroup", cgroup_hint);
+        rejects(&with("cgroup = \"./\""), "cgroup", cgroup_hint);
+        rejects(
+            &with("cgroup = \"/sys/fs//cgroup/./unified\""),
+            "cgroup",
+            cgroup_hint,
+        );
+        rejects(&with("cgroup = \"ci/../../etc\""), "cgroup", cgroup_hint);
+        rejects(
+            &with("cgroup = \"/sys/fs/cgroup/../x\""),
+            "cgroup",
+            cgroup_hint,
+        );
+        ok(&with("cgroup = \"ci/jobs\""));
+        ok(&with(
+            "cgroup = \"/sys/fs/cgroup/unified/interceptor-test-1\"",
+        ));
+        rejects(
+            "[daemon]\nlisten = \"127.0.0.1:915\"\n",
+            "[daemon]",
+            "add `cgroup",
+        );
+        rejects(
+            &with("cgroup = \"ci\"\nlisten = \"0.0.0.0:915\""),
+            "listen",
+            "127.0.0.1",
+        );
+        rejects(
+            &with("cgroup = \"ci\"\nlisten = \"10.1.2.3:915\""),
+            "listen",
+            "127.0.0.1",
+        );
+        rejects(
+            &with("cgroup = \"ci\"\nlisten = \"127.0.0.1:0\""),
+            "listen",
+            "fixed port",
+        );
+        rejects(
+            &with("cgroup = \"ci\"\nlisten = \"localhost:915\""),
+            "listen",
+            "127.0.0.1:915",
+        );
+        rejects(
+            &with("cgroup = \"ci\"\nbpffs = \"bpf/interceptor\""),
+            "bpffs",
+            "/sys/fs/bpf/interceptor",
+        );
+        rejects(
+            &with("cgroup = \"ci\"\nupstream_mark = 0"),
+            "upstream_mark",
+            "non-zero",
+        );
+        rejects(
+            &with("cgroup = \"ci\"\nupstream_mark = 4294967296"),
+            "upstream_mark",
+            "1..=0xFFFF_FFFF",
+        );
+        rejects(
+            &with("cgroup = \"ci\"\nstate_dir = \"\""),
+            "state_dir",
+            "default",
+        );
+        rejects(
+            &with(&format!(
+                "cgroup = \"ci\"\ncontrol_socket = \"/{}\"",
+                "x".repeat(120)
+            )),
+            "control_socket",
+            "shorter path",
+        );
+        rejects(PG, "[[store]]", "add a [daemon] table");
+    }
+
+    #[test]
+    fn listen_port_above_1023_needs_opt_in() {
+        let hint =
+            "ports below 1024 cannot be bound by unprivileged tasks while the daemon is down";
+        rejects(
+            &format!("[daemon]\ncgroup = \"ci\"\nlisten = \"127.0.0.1:15000\"\n{PG}"),
+            "listen",
+            hint,
+        );
+        rejects(
+            &format!("[daemon]\ncgroup = \"ci\"\nlisten = \"[::1]:1024\"\nallow_unprivileged_listen_port = false\n{PG}"),
+            "listen =",
+            hint,
+        );
+        let c = ok(&format!("[daemon]\ncgroup = \"ci\"\nlisten = \"127.0.0.1:15000\"\nallow_unprivileged_listen_port = true\n{PG}"));
+        assert_eq!(c.daemon.listen.port(), 15000);
+        assert!(c.daemon.allow_unprivileged_listen_port);
+        let c = ok(&format!(
+            "[daemon]\ncgroup = \"ci\"\nlisten = \"[::1]:915\"\n{PG}"
+        ));
+        assert_eq!(c.daemon.listen, "[::1]:915".parse().unwrap());
+        ok(&format!(
+            "[daemon]\ncgroup = \"ci\"\nlisten = \"127.0.0.53:80\"\n{PG}"
+        ));
+    }
+
+    #[test]
+    fn bad_durations() {
+        for bad in [
+            "\"30\"",
+            "\"0s\"",
+            "\"5 parsecs\"",
+            "\"-1s\"",
+            "\"s\"",
+            "\"\"",
+            "\"99999999999999999999s\"",
+        ] {
+            rejects(
+                &format!("[daemon]\ncgroup = \"ci\"\nresolve_interval = {bad}\n{PG}"),
+                "resolve_interval",
+                "\"30s\"",
+            );
+        }
+        rejects(
+            &format!("{DAEMON}[audit]\nflush_interval = \"1y\"\n{PG}"),
+            "flush_interval",
+            "\"5m\"",
+        );
+        rejects(
+            &format!("{DAEMON}[audit]\nflush_interval = 60\n{PG}"),
+            "flush_interval",
+            "string in double quotes",
+        );
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m 5s"), Ok(Duration::from_secs(5405)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("1.5s").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_where_they_are() {
+        let e = rejects(
+            &format!("stores = 1\n{DAEMON}{PG}"),
+            "stores = 1",
+            "did you mean `store`?",
+        );
+        assert!(e.contains("unknown field `stores`"), "{e}");
+        let e = rejects(
+            &format!("[daemon]\ncgroup = \"ci\"\nlistne = \"127.0.0.1:915\"\n{PG}"),
+            "listne",
+            "did you mean `listen`?",
+        );
+        assert!(
+            e.contains("`bpffs`") && e.contains("`resolve_interval`"),
+            "allowed keys not listed:\n{e}"
+        );
+        assert!(e.contains("test.toml:3:1:"), "{e}");
+        rejects(
+            &format!("{DAEMON}[audit]\ndurabilty = \"strict\"\n{PG}"),
+            "durabilty",
+            "`durability`",
+        );
+        rejects(&format!("{DAEMON}{PG}[[rule]]\nname = \"r\"\naction = \"deny\"\nidentity = {{ uid = [1], user = \"x\" }}\n"), "user", "`uid`");
+        rejects(&format!("{DAEMON}{PG}[[rule]]\nname = \"r\"\naction = \"deny\"\nsql = {{ statement = [\"drop\"] }}\n"), "statement", "`statements`");
+        rejects(
+            &format!("{DAEMON}{PG}[[rule]]\nname = \"r\"\naction = \"block\"\n"),
+            "block",
+            "\"deny\"",
+        );
+        rejects(
+            &format!(
+                "{DAEMON}{PG}[[mask]]\nname = \"m\"\ncolumns = [\"x\"]\nstrategy = \"shred\"\n"
+            ),
+            "shred",
+            "\"redact\"",
+        );
+        rejects(
+            &format!("{DAEMON}[store]\nname = \"a\"\n"),
+            "[store]",
+            "[[store]]",
+        );
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_source() {
+        let e = rejects(&format!("{DAEMON}listen = \n{PG}"), "listen", "TOML syntax");
+        let first = e.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("test.toml:3:10: ") && first.contains("expected"),
+            "{e}"
+        );
+        let e = rejects(
+            &format!("{DAEMON}{PG}[[rule]]\nname = \"r\naction = \"deny\"\n"),
+            "name = \"r",
+            "TOML syntax",
+        );
+        assert!(e.contains("name = \"r"), "source line not shown:\n{e}");
+        rejects(
+            "[daemon]\ncgroup = \"ci\"\ncgroup = \"x\"\n",
+            "cgroup = \"x\"",
+            "once per table",
+        );
+    }
+
+    #[test]
+    fn rule_errors() {
+        let all = format!("{DAEMON}{PG}{REDIS}{VAULT}");
+        let rule = |body: &str| format!("{all}[[rule]]\nname = \"r\"\naction = \"deny\"\n{body}\n");
+        rejects(&rule("stores = [\"dbb\"]"), "dbb", "did you mean `db`?");
+        rejects(&rule("stores = []"), "stores = []", "remove `stores`");
+        rejects(
+            &format!("{}[[rule]]\nname = \"r\"\naction = \"allow\"\n", rule("")),
+            "name = \"r\"",
+            "unique name",
+        );
+        rejects(
+            &rule("stores = [\"cache\"]\nsql = { statements = [\"drop\"] }"),
+            "\"cache\"",
+            "with a `redis` matcher",
+        );
+        rejects(
+            &rule("stores = [\"db\", \"vault\"]\nredis = { commands = [\"KEYS\"] }"),
+            "\"db\"",
+            "`sql` matcher",
+        );
+        rejects(
+            &rule("stores = [\"db\"]\nhttp = { methods = [\"DELETE\"] }"),
+            "\"db\"",
+            "remove `db`",
+        );
+        rejects(
+            &rule("stores = [\"cache\"]\nhttp = { paths = [\"/v1/*\"] }"),
+            "\"cache\"",
+            "remove `cache`",
+        );
+        rejects(
+            &rule("sql = { statements = [\"dorp\"] }"),
+            "dorp",
+            "did you mean \"drop\"?",
+        );
+        rejects(
+            &rule("sql = { statements = [] }"),
+            "statements = []",
+            "at least one value",
+        );
+        rejects(
+            &rule("sql = { without_where = [\"select\"] }"),
+            "select",
+            "\"delete\"",
+        );
+        rejects(
+            &rule("http = { paths = [\"v1/sys/*\"] }"),
+            "v1/sys",
+            "\"/v1/sys/*\"",
+        );
+        rejects(
+            &rule("http = { methods = [\"DE LETE\"] }"),
+            "DE LETE",
+            "\"DELETE\"",
+        );
+        rejects(
+            &rule("redis = { commands = [\"FLUSH;ALL\"] }"),
+            "FLUSH;ALL",
+            "\"FLUSHALL\"",
+        );
+        rejects(
+            &rule("identity = { env = { SECRET_TOKEN = \"*\" } }"),
+            "SECRET_TOKEN",
+            "CI_JOB_ID",
+        );
+        rejects(
+            &rule("identity = { env = { CI_PROJECT_PTH = \"*\" } }"),
+            "CI_PROJECT_PTH",
+            "did you mean `CI_PROJECT_PATH`?",
+        );
+        rejects(
+            &rule("identity = { comm = [\"gitlab-runner-helper\"] }"),
+            "gitlab-runner-helper",
+            "\"gitlab-runner-h\"",
+        );
+        rejects(
+            &rule("identity = { unit = [\"gitlab-runner\"] }"),
+            "gitlab-runner",
+            "gitlab-runner.service",
+        );
+        rejects(
+            &rule("identity = { exe = [\"psql\"] }"),
+            "psql",
+            "/usr/bin/psql",
+        );
+        rejects(
+            &rule("identity = { uid = [] }"),
+            "uid = []",
+            "at least one id",
+        );
+        rejects(
+            &rule("identity = { uid = [-1] }"),
+            "-1",
+            "type of this value",
+        );
+        rejects(&rule("message = \"\""), "message", "say why");
+
+        // A rule may carry matchers for several protocols; each store listed
+        // needs the one for its protocol (as in DESIGN.md's example).
+        let c = ok(&rule(
+            "stores = [\"db\", \"cache\"]\nsql = { statements = [\"DROP\", \"alter  system\"] }\n\
+             redis = { commands = [\"config set\", \"eval*\"] }\nidentity = { comm = [\"psql\"], gid = [0] }",
+        ));
+        let r = &c.rules[0];
+        assert_eq!(
+            r.sql.as_ref().unwrap().statements,
+            Some(vec!["drop".into(), "alter system".into()])
+        );
+        assert_eq!(
+            r.redis.as_ref().unwrap().commands,
+            Some(vec!["CONFIG SET".into(), "EVAL*".into()])
+        );
+        assert_eq!(r.identity.as_ref().unwrap().gid, Some(vec![0]));
+        // Without `stores`, the rule applies to every store it can match.
+        ok(&rule("sql = { unparsable = true }"));
+    }
+
+    #[test]
+    fn mask_errors() {
+        let all = format!("{DAEMON}{PG}{REDIS}{VAULT}[[store]]\nname = \"raw\"\nprotocol = \"tcp\"\ntargets = [\"*:7000\"]\n");
+        let mask = |body: &str| format!("{all}[[mask]]\nname = \"m\"\n{body}\n");
+        rejects(
+            &mask("detectors = [\"jwt\", \"aws_key\"]"),
+            "aws_key",
+            "aws_access_key_id",
+        );
+        rejects(
+            &mask("detectors = [\"jwt\", \"password\"]"),
+            "\"password\"",
+            "password_in_url",
+        );
+        rejects(
+            &mask("stores = [\"nope\"]\ncolumns = [\"password\"]"),
+            "nope",
+            "omit `stores`",
+        );
+        rejects(
+            &mask("strategy = \"hash\""),
+            "name = \"m\"",
+            "at least one of",
+        );
+        rejects(
+            &format!(
+                "{}[[mask]]\nname = \"m\"\nkeys = [\"x\"]\n",
+                mask("keys = [\"y\"]")
+            ),
+            "name = \"m\"",
+            "unique name",
+        );
+        rejects(
+            &mask("stores = [\"cache\"]\ncolumns = [\"password\"]"),
+            "\"cache\"",
+            "selector for redis",
+        );
+        rejects(
+            &mask("stores = [\"raw\"]\njson = [\"data.password\"]"),
+            "\"raw\"",
+            "selector for tcp",
+        );
+        rejects(
+            &mask("json = [\"data..password\"]"),
+            "data..password",
+            "\"data.data.*\"",
+        );
+        let c = ok(&mask(&format!(
+            "detectors = [{}]\nstrategy = \"partial\"",
+            KNOWN_DETECTORS
+                .iter()
+                .map(|d| format!("\"{d}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+        assert_eq!(c.masks[0].strategy, MaskStrategy::Partial);
+        assert_eq!(
+            c.masks[0].detectors.as_ref().unwrap().len(),
+            KNOWN_DETECTORS.len()
+        );
+        ok(&mask("stores = [\"raw\", \"db\"]\ndetectors = [\"jwt\"]"));
+    }
+
+    #[test]
+    fn bad_targets() {
+        for (bad, hint) in [
+            ("5432", "*:5432"),
+            ("*:0", "1-65535"),
+            ("*:99999", "1-65535"),
+            ("*:", "append the port"),
+            ("*:54x", "decimal"),
+            ("[::1]", "[::1]:5432"),
+            ("[::1]5432", "[::1]:PORT"),
+            ("[10.0.0.1]:5432", "only for IPv6"),
+            ("::1:5432", "in brackets"),
+            ("::ffff:127.0.0.1", "in brackets"),
+            ("bad host!:1", "HOST:PORT"),
+            ("bad_host:1", "letters, digits"),
+            ("db..internal:1", "letters, digits"),
+            ("-db:1", "letters, digits"),
+            ("999.1.1.1:1", "four decimal parts"),
+            ("*.internal:1", "hostname wildcards"),
+            (":5432", "*:PORT"),
+            ("", "HOST:PORT"),
+        ] {
+            let e = bad.parse::<Target>().expect_err(bad);
+            assert!(
+                e.hint.contains(hint),
+                "{bad}: hint `{}` lacks `{hint}` ({e})",
+                e.hint
+            );
+            assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn good_targets() {
+        let t = |s: &str| s.parse::<Target>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(
+            t("10.0.0.5:5432").host,
+            TargetHost::Ip("10.0.0.5".parse().unwrap())
+        );
+        assert_eq!(t("*:1").host, TargetHost::Any);
+        assert_eq!(t("*:65535").port, 65535);
+        assert_eq!(t("[::1]:5432").host, TargetHost::Ip("::1".parse().unwrap()));
+        assert_eq!(
+            t("[2001:db8::7]:443").host,
+            TargetHost::Ip("2001:db8::7".parse().unwrap())
+        );
+        let mapped = t("[::ffff:127.0.0.1]:6379");
+        assert_eq!(
+            mapped.host,
+            TargetHost::Ip("::ffff:127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            (mapped.port, mapped.raw.as_str()),
+            (6379, "[::ffff:127.0.0.1]:6379")
+        );
+        assert_eq!(
+            t("DB.Internal:5432").host,
+            TargetHost::Name("db.internal".into())
+        );
+        assert_eq!(
+            t("db-1.ci.example.com:5432").to_string(),
+            "db-1.ci.example.com:5432"
+        );
+        assert_eq!(t("localhost:1").host, TargetHost::Name("localhost".into()));
+        assert_eq!(TargetHost::Ip("::1".parse().unwrap()).to_string(), "[::1]");
+    }
+
+    #[test]
+    fn mapped_targets_count_as_local_and_as_their_ipv4() {
+        let e = rejects(
+            &format!("{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = [\"[::ffff:127.0.0.1]:915\"]\n"),
+            "targets",
+            "different port",
+        );
+        assert!(e.contains("loop back"), "{e}");
+        rejects(
+            &format!(
+                "{DAEMON}[[store]]\nname = \"a\"\nprotocol = \"tcp\"\ntargets = [\"10.0.0.5:1\"]\n\
+                 [[store]]\nname = \"b\"\nprotocol = \"tcp\"\ntargets = [\"[::ffff:10.0.0.5]:1\"]\n"
+            ),
+            "[::ffff:10.0.0.5]:1",
+            "only one store",
+        );
+    }
+
+    #[test]
+    fn error_display_is_a_complete_message() {
+        let text =
+            format!("{DAEMON}{PG}[[mask]]\nname = \"m\"\n\tdetectors = [\"jwt\", \"nope\"]\n");
+        let e = parse(&text).unwrap_err().to_string();
+        let expected = "test.toml:9:22: unknown detector `nope`\n  |\n9 | \tdetectors = [\"jwt\", \"nope\"]\n  | \t                    ^^^^^^\nhint: the detectors are ";
+        assert!(
+            e.starts_with(expected),
+            "got:\n{e}\nwant prefix:\n{expected}"
+        );
+    }
+
+    #[test]
+    fn check_report_summarizes() {
+        let c = ok(&format!("{DAEMON}{PG}[[store]]\nname = \"cache\"\nprotocol = \"redis\"\ntargets = [\"*:6379\", \"[::1]:6380\"]\n[[mask]]\nname = \"m\"\nkeys = [\"secret:*\"]\n"));
+        assert_eq!(
+            check_report(&c),
+            "config OK: 2 stores (db: postgres 1 target, cache: redis 2 targets), 0 rules, 1 mask; cgroup ci; listen 127.0.0.1:915"
+        );
+    }
+
+    #[test]
+    fn load_reports_io_errors_and_refuses_world_writable_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let e = Config::load(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot read config {}: ", missing.display())),
+            "{e}"
+        );
+        assert!(e.ends_with("check the path and permissions"), "{e}");
+
+        let path = dir.path().join("c.toml");
+        fs::write(&path, format!("{DAEMON}{PG}")).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.path, path);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("chmod o-w"), "{e}");
+    }
+
+    #[test]
+    fn shipped_policies_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("policies");
+        let default = Config::load(&root.join("default.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(default.daemon.cgroup, "interceptor-ci");
+        assert_eq!(default.daemon.listen, DEFAULT_LISTEN);
+        let protocols: Vec<Protocol> = default.stores.iter().map(|s| s.protocol).collect();
+        assert_eq!(
+            protocols,
+            [Protocol::Postgres, Protocol::Redis, Protocol::Http]
+        );
+        assert!(!default.rules.is_empty());
+        let detectors: HashSet<&str> = default
+            .masks
+            .iter()
+            .flat_map(|m| m.detectors.iter().flatten())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            detectors,
+            KNOWN_DETECTORS.iter().copied().collect(),
+            "default.toml should enable every detector"
+        );
+
+        let mut examples = 0;
+        for entry in fs::read_dir(root.join("examples")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                examples += 1;
+            }
+        }
+        assert!(
+            examples >= 2,
+            "expected the worked examples in policies/examples"
+        );
+    }
 }

@@ -411,3 +411,446 @@ fn ci_job(env: &BTreeMap<String, String>) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        os::unix::fs::symlink,
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    fn read_comm(path: &str) -> String {
+        fs::read_to_string(path)
+            .expect("comm")
+            .trim_end_matches('\n')
+            .to_string()
+    }
+
+    fn uid_gid() -> (u32, u32) {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        unsafe { (libc::getuid(), libc::getgid()) }
+    }
+
+    #[test]
+    fn resolves_the_current_thread() {
+        let pid = std::process::id();
+        // SAFETY: gettid cannot fail.
+        let tid = unsafe { libc::gettid() } as u32;
+        let (uid, gid) = uid_gid();
+        // The test harness names its threads, so this thread's comm differs
+        // from the process's: the kernel records the thread's.
+        let comm = read_comm(&format!("/proc/self/task/{tid}/comm"));
+        let id = Identity::resolve(KernelIdentity {
+            tgid: pid,
+            tid,
+            uid,
+            gid,
+            comm: comm.clone(),
+            cgroup_id: 42,
+        });
+        assert!(!id.proc_gone, "{id:?}");
+        assert_eq!(
+            (id.pid, id.tid, id.uid, id.gid, id.cgroup_id),
+            (pid, tid, uid, gid, 42)
+        );
+        assert_eq!(id.comm, comm);
+        let exe = std::env::current_exe().expect("current exe");
+        assert_eq!(id.exe.as_deref(), Some(exe.to_string_lossy().as_ref()));
+        assert_eq!(id.ppid, Some(std::os::unix::process::parent_id()));
+        let cmdline = id.cmdline.expect("cmdline");
+        assert!(
+            cmdline.contains(exe.file_name().expect("name").to_string_lossy().as_ref()),
+            "{cmdline}"
+        );
+        let own_cgroup = fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+        if own_cgroup.lines().any(|l| l.starts_with("0::")) {
+            assert!(
+                id.cgroup.as_deref().is_some_and(|c| c.starts_with('/')),
+                "{:?}",
+                id.cgroup
+            );
+        }
+
+        // The main thread's view (tid == tgid) with the process's comm.
+        let comm = read_comm("/proc/self/comm");
+        let id = Identity::resolve(KernelIdentity {
+            tgid: pid,
+            tid: pid,
+            uid,
+            gid,
+            comm,
+            cgroup_id: 0,
+        });
+        assert!(!id.proc_gone, "{id:?}");
+    }
+
+    #[test]
+    fn keeps_ci_variables_and_nothing_else_from_a_child() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env("GITHUB_RUN_ID", "123")
+            .env("GITHUB_REPOSITORY", "org/repo")
+            .env("GITHUB_JOB", "build")
+            .env("GITHUB_RUN_ATTEMPT", "1")
+            .env("SECRET_TOKEN", "hunter2")
+            .env("PGPASSWORD", "hunter3")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        // Until exec, the child still has the parent's comm and environment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end() != "sleep")
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "child never exec'd sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (uid, gid) = uid_gid();
+        let id = Identity::resolve(KernelIdentity {
+            tgid: pid,
+            tid: pid,
+            uid,
+            gid,
+            comm: "sleep".into(),
+            cgroup_id: 7,
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+
+        assert!(!id.proc_gone, "{id:?}");
+        assert_eq!(id.ppid, Some(std::process::id()));
+        assert_eq!(id.cmdline.as_deref(), Some("sleep 30"));
+        assert!(
+            id.exe.as_deref().is_some_and(|e| e.ends_with("/sleep")),
+            "{:?}",
+            id.exe
+        );
+        let expected: BTreeMap<String, String> = [
+            ("GITHUB_JOB", "build"),
+            ("GITHUB_REPOSITORY", "org/repo"),
+            ("GITHUB_RUN_ATTEMPT", "1"),
+            ("GITHUB_RUN_ID", "123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(id.ci_env, expected);
+        assert_eq!(
+            id.ci_job.as_deref(),
+            Some("github:org/repo run 123 job build")
+        );
+        let json = format!("{id:?}");
+        assert!(
+            !json.contains("hunter")
+                && !json.contains("SECRET_TOKEN")
+                && !json.contains("PGPASSWORD"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_vanished_process_keeps_the_kernel_fields() {
+        let k = KernelIdentity {
+            tgid: 4_000_000_001,
+            tid: 4_000_000_002,
+            uid: 1001,
+            gid: 1002,
+            comm: "psql".into(),
+            cgroup_id: 99,
+        };
+        let id = Identity::resolve(k);
+        assert!(id.proc_gone);
+        assert_eq!(
+            (
+                id.pid,
+                id.tid,
+                id.uid,
+                id.gid,
+                id.comm.as_str(),
+                id.cgroup_id
+            ),
+            (4_000_000_001, 4_000_000_002, 1001, 1002, "psql", 99)
+        );
+        assert!(
+            id.exe.is_none()
+                && id.cmdline.is_none()
+                && id.cgroup.is_none()
+                && id.unit.is_none()
+                && id.ppid.is_none()
+        );
+        assert!(id.ci_env.is_empty() && id.ci_job.is_none());
+    }
+
+    /// A /proc/PID directory in a temporary procfs root.
+    fn fake_proc(
+        pid: u32,
+        uid: u32,
+        comm: &str,
+        cmdline: &[u8],
+        environ: &[u8],
+        cgroup: &str,
+    ) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join(pid.to_string());
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(
+            dir.join("status"),
+            format!("Name:\t{comm}\nState:\tS (sleeping)\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t77\nUid:\t{uid}\t0\t0\t0\nGid:\t5\t5\t5\t5\n"),
+        )
+        .expect("status");
+        fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
+        fs::write(dir.join("cmdline"), cmdline).expect("cmdline");
+        fs::write(dir.join("environ"), environ).expect("environ");
+        fs::write(dir.join("cgroup"), cgroup).expect("cgroup");
+        symlink("/usr/lib/postgresql/15/bin/psql (deleted)", dir.join("exe")).expect("exe link");
+        root
+    }
+
+    fn kernel(pid: u32, uid: u32, comm: &str) -> KernelIdentity {
+        KernelIdentity {
+            tgid: pid,
+            tid: pid,
+            uid,
+            gid: 5,
+            comm: comm.into(),
+            cgroup_id: 1,
+        }
+    }
+
+    #[test]
+    fn reads_a_fake_proc_entry() {
+        let root = fake_proc(
+            1234,
+            1001,
+            "psql",
+            b"psql\0-c\0select 'a b'\0\0--name=x y\0",
+            b"HOME=/root\0CI_JOB_ID=4567\0CI_PROJECT_PATH=infra/app\0CI_JOB_NAME=migrate\0CI_JOB_TOKEN=glcbt-secret\0CI_JOB_ID=9999\0",
+            "12:pids:/system.slice/gitlab-runner.service\n0::/system.slice/gitlab-runner.service/job-1.scope (deleted)\n",
+        );
+        let id = Identity::resolve_from(root.path(), kernel(1234, 1001, "psql\0"));
+        assert!(!id.proc_gone, "{id:?}");
+        assert_eq!(id.comm, "psql");
+        assert_eq!(id.ppid, Some(77));
+        assert_eq!(id.exe.as_deref(), Some("/usr/lib/postgresql/15/bin/psql"));
+        assert_eq!(
+            id.cmdline.as_deref(),
+            Some("psql -c 'select '\\''a b'\\''' '' '--name=x y'")
+        );
+        assert_eq!(
+            id.cgroup.as_deref(),
+            Some("/system.slice/gitlab-runner.service/job-1.scope")
+        );
+        assert_eq!(id.unit.as_deref(), Some("job-1.scope"));
+        assert_eq!(id.ci_env.len(), 3, "{:?}", id.ci_env);
+        assert_eq!(
+            id.ci_env["CI_JOB_ID"], "4567",
+            "the first occurrence wins, as with getenv"
+        );
+        assert!(!id.ci_env.contains_key("CI_JOB_TOKEN") && !id.ci_env.contains_key("HOME"));
+        assert_eq!(
+            id.ci_job.as_deref(),
+            Some("gitlab:infra/app job 4567 (migrate)")
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_trusted() {
+        let root = fake_proc(
+            1234,
+            1001,
+            "bash",
+            b"bash\0",
+            b"CI_JOB_ID=1\0",
+            "0::/user.slice\n",
+        );
+        for k in [kernel(1234, 0, "bash"), kernel(1234, 1001, "psql")] {
+            let id = Identity::resolve_from(root.path(), k.clone());
+            assert!(id.proc_gone, "{k:?} -> {id:?}");
+            assert!(
+                id.exe.is_none()
+                    && id.cmdline.is_none()
+                    && id.ci_env.is_empty()
+                    && id.ppid.is_none()
+            );
+            assert_eq!((id.uid, id.comm.as_str()), (k.uid, k.comm.as_str()));
+        }
+        // comm is compared on the kernel's 15 bytes.
+        let root = fake_proc(9, 0, "a-very-long-pro", b"x\0", b"", "0::/\n");
+        assert!(
+            !Identity::resolve_from(root.path(), kernel(9, 0, "a-very-long-process-name"))
+                .proc_gone
+        );
+    }
+
+    #[test]
+    fn prefers_the_connecting_threads_entry() {
+        let root = fake_proc(
+            50,
+            0,
+            "java",
+            b"java\0-jar\0app.jar\0",
+            b"",
+            "0::/ci.slice/runner.service\n",
+        );
+        let task = root.path().join("50/task/51");
+        fs::create_dir_all(&task).expect("mkdir");
+        fs::write(
+            task.join("status"),
+            "Name:\tpool-1\nPPid:\t1\nUid:\t0\t0\t0\t0\n",
+        )
+        .expect("status");
+        fs::write(task.join("comm"), "pool-1\n").expect("comm");
+        fs::write(task.join("cgroup"), "0::/ci.slice/runner.service\n").expect("cgroup");
+        let id = Identity::resolve_from(
+            root.path(),
+            KernelIdentity {
+                tgid: 50,
+                tid: 51,
+                uid: 0,
+                gid: 0,
+                comm: "pool-1".into(),
+                cgroup_id: 3,
+            },
+        );
+        assert!(!id.proc_gone, "{id:?}");
+        assert_eq!(id.cmdline.as_deref(), Some("java -jar app.jar"));
+        assert_eq!(id.unit.as_deref(), Some("runner.service"));
+    }
+
+    #[test]
+    fn command_lines_are_quoted_and_capped() {
+        assert_eq!(render_cmdline(b""), None);
+        assert_eq!(
+            render_cmdline(b"postgres: checkpointer   ").as_deref(),
+            Some("postgres: checkpointer   ")
+        );
+        assert_eq!(
+            render_cmdline(b"sh\0-c\0echo $HOME; rm -rf /\0").as_deref(),
+            Some("sh -c 'echo $HOME; rm -rf /'")
+        );
+        assert_eq!(
+            render_cmdline(b"printf\0a\nb\0").as_deref(),
+            Some("printf $'a\\nb'")
+        );
+        let long: Vec<u8> = std::iter::repeat_n(b"argument\0".as_slice(), 1000)
+            .flatten()
+            .copied()
+            .collect();
+        let out = render_cmdline(&long).expect("cmdline");
+        assert!(
+            out.len() <= MAX_CMDLINE && out.ends_with("..."),
+            "{}",
+            out.len()
+        );
+    }
+
+    #[test]
+    fn ci_values_are_capped_and_a_cut_environment_drops_its_last_entry() {
+        let big = format!("GITHUB_JOB={}\0GITHUB_RUN_ID=12", "é".repeat(300));
+        let env = ci_env_from_environ(big.as_bytes(), true);
+        assert!(env["GITHUB_JOB"].len() <= MAX_CI_VALUE && env["GITHUB_JOB"].starts_with('é'));
+        assert!(
+            !env.contains_key("GITHUB_RUN_ID"),
+            "a cut entry may hold a cut value"
+        );
+        assert!(ci_env_from_environ(big.as_bytes(), false).contains_key("GITHUB_RUN_ID"));
+    }
+
+    #[test]
+    fn ci_job_descriptions() {
+        let job = |vars: &[(&str, &str)]| {
+            ci_job(
+                &vars
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(job(&[]), None);
+        assert_eq!(
+            job(&[
+                ("GITHUB_REPOSITORY", "org/repo"),
+                ("GITHUB_RUN_ID", "123"),
+                ("GITHUB_RUN_ATTEMPT", "2"),
+                ("GITHUB_JOB", "build")
+            ])
+            .as_deref(),
+            Some("github:org/repo run 123 attempt 2 job build")
+        );
+        assert_eq!(
+            job(&[("CI_PROJECT_PATH", "infra/app"), ("CI_JOB_ID", "4567")]).as_deref(),
+            Some("gitlab:infra/app job 4567")
+        );
+        assert_eq!(
+            job(&[
+                ("BUILDKITE_PIPELINE_SLUG", "deploy"),
+                ("BUILDKITE_JOB_ID", "0190-ab"),
+                ("BUILDKITE_BUILD_ID", "x")
+            ])
+            .as_deref(),
+            Some("buildkite:deploy job 0190-ab")
+        );
+        assert_eq!(
+            job(&[("BUILD_TAG", "jenkins-app-42"), ("JOB_NAME", "app")]).as_deref(),
+            Some("jenkins:jenkins-app-42")
+        );
+        assert_eq!(
+            job(&[("JOB_NAME", "app"), ("BUILD_NUMBER", "42")]).as_deref(),
+            Some("jenkins:app build 42")
+        );
+        assert_eq!(
+            job(&[
+                ("CIRCLE_PROJECT_REPONAME", "app"),
+                ("CIRCLE_BUILD_NUM", "9"),
+                ("CIRCLE_JOB", "test")
+            ])
+            .as_deref(),
+            Some("circleci:app build 9 job test")
+        );
+        assert_eq!(
+            job(&[("DRONE_REPO", "org/app"), ("DRONE_BUILD_NUMBER", "5")]).as_deref(),
+            Some("drone:org/app build 5")
+        );
+        assert_eq!(
+            job(&[("GITHUB_RUN_ID", "1\n2")]).as_deref(),
+            Some("github:? run 1?2")
+        );
+    }
+
+    #[test]
+    fn units_from_cgroup_paths() {
+        let unit = |p: &str| unit_from_cgroup_path(p);
+        assert_eq!(
+            unit("/system.slice/gitlab-runner.service").as_deref(),
+            Some("gitlab-runner.service")
+        );
+        assert_eq!(
+            unit("/user.slice/user-1000.slice/user@1000.service/app.slice/foo.scope").as_deref(),
+            Some("foo.scope")
+        );
+        assert_eq!(
+            unit("/system.slice/docker-abc.scope/init").as_deref(),
+            Some("docker-abc.scope")
+        );
+        assert_eq!(unit("/interceptor-test-123"), None);
+        assert_eq!(unit("/"), None);
+        assert_eq!(unit("/x/.service"), None);
+    }
+
+    #[test]
+    fn every_ci_variable_is_an_identifier_not_a_secret() {
+        for name in CI_ENV_VARS {
+            assert!(
+                !name.contains("TOKEN")
+                    && !name.contains("PASSWORD")
+                    && !name.contains("URL")
+                    && !name.contains("KEY"),
+                "{name}"
+            );
+        }
+    }
+}

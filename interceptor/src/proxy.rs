@@ -19,6 +19,7 @@ use tokio::{
     sync::watch,
     task::JoinSet,
 };
+use tokio_util::task::TaskTracker;
 
 use crate::{
     audit::{Recorder, SessionRecord},
@@ -118,52 +119,43 @@ impl Proxy {
     pub async fn serve(
         self: Arc<Self>,
         listeners: Vec<TcpListener>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
-        let mut sessions = JoinSet::new();
+        let sessions = TaskTracker::new();
         let mut accepts = JoinSet::new();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(1024);
         for listener in listeners {
-            let tx = tx.clone();
+            let (this, sessions, mut shutdown) = (self.clone(), sessions.clone(), shutdown.clone());
             accepts.spawn(async move {
                 loop {
-                    match listener.accept().await {
-                        Ok(conn) => {
-                            if tx.send(conn).await.is_err() {
-                                return;
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        conn = listener.accept() => match conn {
+                            Ok((stream, peer)) => {
+                                let this = this.clone();
+                                sessions.spawn(async move { this.handle(stream, peer).await });
                             }
-                        }
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                            Err(e) => {
+                                // EMFILE and friends: back off instead of spinning.
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
                     }
                 }
             });
         }
-        drop(tx);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                conn = rx.recv() => {
-                    let Some((stream, peer)) = conn else { break };
-                    let this = self.clone();
-                    sessions.spawn(async move { this.handle(stream, peer).await });
-                }
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            }
-        }
-        accepts.abort_all();
+        while accepts.join_next().await.is_some() {}
+        sessions.close();
         let active = sessions.len();
         if active > 0 {
             tracing::info!(active, "waiting for open sessions to finish");
-            let _ = tokio::time::timeout(drain, async {
-                while sessions.join_next().await.is_some() {}
-            })
-            .await;
-            sessions.abort_all();
+            if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+                tracing::warn!(
+                    active = sessions.len(),
+                    "sessions still open after {drain:?}: ending them"
+                );
+            }
         }
     }
 
@@ -178,12 +170,54 @@ impl Proxy {
         };
         let Some(store) = self.stores.get(record.store_id as usize) else {
             tracing::warn!(client = %peer, store_id = record.store_id, "redirect record names an unknown store: closed");
+            reset(client);
             return;
         };
         let original_dst =
             SocketAddr::new(stores::words_ip(&record.orig_addr), record.orig_port as u16);
-        let identity = Identity::resolve(kernel_identity(&record));
-        let mut session = SessionRecord::open(
+        let kernel = kernel_identity(&record);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        match store.protocol {
+            Protocol::Tcp => {
+                // The upstream handshake and the /proc reads overlap: connect
+                // is started first, identity is read while it is in flight.
+                let (upstream, identity) =
+                    tokio::join!(self.upstream.connect(original_dst), async {
+                        Identity::resolve(kernel)
+                    });
+                let mut session = self.open_session(store, peer, original_dst, identity);
+                let reason = match upstream {
+                    Ok(server) => protocol::tcp::relay(client, server, &mut session).await,
+                    Err(e) => {
+                        self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                        reset(client);
+                        format!("upstream connect to {original_dst} failed: {e}")
+                    }
+                };
+                self.close_session(session, reason);
+            }
+            other => {
+                // No handler for this protocol yet: relaying raw bytes would
+                // skip every rule and mask, so the session is refused.
+                let session =
+                    self.open_session(store, peer, original_dst, Identity::resolve(kernel));
+                reset(client);
+                self.close_session(
+                    session,
+                    format!("{other} handler not available in this build: connection refused (fail closed)"),
+                );
+            }
+        }
+    }
+
+    fn open_session(
+        &self,
+        store: &StoreConfig,
+        peer: SocketAddr,
+        original_dst: SocketAddr,
+        identity: Identity,
+    ) -> SessionRecord {
+        let session = SessionRecord::open(
             &self.host,
             &store.name,
             store.protocol.as_str(),
@@ -192,23 +226,10 @@ impl Proxy {
             identity,
         );
         self.recorder.session_opened(&session);
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        let reason = match store.protocol {
-            Protocol::Tcp => {
-                protocol::tcp::serve(client, original_dst, &self.upstream, &mut session).await
-            }
-            other => {
-                // No handler for this protocol yet: relaying raw bytes would
-                // skip every rule and mask, so the session is refused.
-                reset(client);
-                format!(
-                    "{other} handler not available in this build: connection refused (fail closed)"
-                )
-            }
-        };
-        if reason.starts_with("upstream connect") {
-            self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
-        }
+        session
+    }
+
+    fn close_session(&self, mut session: SessionRecord, reason: String) {
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         session.close(reason);
         self.recorder.session_closed(&session);

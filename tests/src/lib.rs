@@ -84,18 +84,31 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: plain kill(2) of a process this test started in its own cgroup.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+        remove_cgroup(&self.path);
+    }
+}
+
+/// Kills what the test left in a cgroup (every process there is the test's)
+/// and removes it, children first.
+fn remove_cgroup(path: &Path) {
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
             }
-            if fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
         }
+    }
+    for _ in 0..50 {
+        if let Ok(procs) = fs::read_to_string(path.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: plain kill(2) of a process this test started in its own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if fs::remove_dir(path).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

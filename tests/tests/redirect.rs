@@ -94,6 +94,53 @@ fn unmodified_clients_are_served_by_the_proxy() {
     assert_eq!(s["uid"], 65534);
     assert_eq!(s["gid"], 65534);
 
+    // CI job variables and the systemd unit come from the task's environment
+    // and cgroup; nothing else from the environment is kept. The task runs in
+    // a child cgroup named like a unit: descendants are intercepted too.
+    let unit_cg = cg.path.join("ci-job-4242.scope");
+    let script_path = client_script();
+    let out = d
+        .exec(&[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p {0} && echo $$ > {0}/cgroup.procs && exec {PYTHON} {1} --port {port}",
+                unit_cg.display(),
+                script_path.display()
+            ),
+        ])
+        .env("GITHUB_RUN_ID", "4242")
+        .env("GITHUB_REPOSITORY", "infra/app")
+        .env("GITHUB_JOB", "build")
+        .env("SECRET_TOKEN", "hunter2-do-not-log")
+        .output()
+        .expect("run client with CI variables");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        went_through_proxy(&r),
+        "a task in a descendant cgroup was not intercepted: {r}"
+    );
+    let sessions = d.sessions_opened();
+    let s = sessions
+        .iter()
+        .find(|s| s["pid"] == r["pid"])
+        .expect("session for the CI client");
+    assert_eq!(s["unit"], "ci-job-4242.scope", "{s}");
+    let ci_job = s["ci_job"].as_str().unwrap_or_default();
+    assert!(
+        ci_job.contains("4242") && ci_job.contains("infra/app") && ci_job.contains("build"),
+        "{s}"
+    );
+    assert!(
+        !d.log_text().contains("hunter2-do-not-log"),
+        "an environment secret reached the log"
+    );
+
     // nc: the banner shows a peer that is the proxy, and the echo comes back.
     let out = d
         .exec(&[

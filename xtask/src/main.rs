@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|run|test>`.
+//! Project tasks: `cargo xtask <setup|build|run|test|bench>`.
 
 mod setup;
 mod util;
@@ -46,6 +46,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Release build, then the same workloads direct and intercepted, reported as ratios (root).
+    Bench {
+        /// Run only this workload (connect, rtt, stream, parallel).
+        workload: Option<String>,
+    },
     /// fmt check, clippy, build, then the whole test suite as root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter; args after a
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release).map(|bin| println!("binary: {}", bin.display())),
         Task::Run { args } => run_daemon(args),
         Task::Test { args } => test(args),
+        Task::Bench { workload } => bench(workload),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +118,27 @@ fn run_daemon(args: Vec<String>) -> Result<()> {
     step(format!("running {}", show(&cmd)));
     let err = cmd.exec();
     Err(err).with_context(|| format!("could not exec {}", bin.display()))
+}
+
+fn bench(workload: Option<String>) -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask bench` must run as root: it attaches the daemon to a child cgroup");
+    }
+    let bin = build(true)?;
+    step("building the bench driver (release)");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "interceptor-tests",
+        "--bin",
+        "interceptor-bench",
+    ]))?;
+    let driver = target_dir()?.join("release").join("interceptor-bench");
+    let mut cmd = std::process::Command::new(&driver);
+    cmd.env("INTERCEPTOR_BIN", &bin).args(workload);
+    step(format!("running {}", show(&cmd)));
+    run(&mut cmd)
 }
 
 fn test(args: Vec<String>) -> Result<()> {

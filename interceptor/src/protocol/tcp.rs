@@ -1,31 +1,19 @@
 //! The `tcp` protocol: relay bytes both ways, half-close included, and count
 //! them. No parsing, so no rules or masks apply to these stores.
 
-use std::net::SocketAddr;
-
 use tokio::{io::copy_bidirectional_with_sizes, net::TcpStream};
 
-use crate::{
-    audit::SessionRecord,
-    proxy::{reset, UpstreamConnector},
-};
+use crate::audit::SessionRecord;
 
 const BUF: usize = 64 * 1024;
 
-pub async fn serve(
+/// Relays until both directions are closed; returns why the session ended.
+pub async fn relay(
     mut client: TcpStream,
-    original_dst: SocketAddr,
-    upstream: &UpstreamConnector,
+    mut server: TcpStream,
     session: &mut SessionRecord,
 ) -> String {
     let _ = client.set_nodelay(true);
-    let mut server = match upstream.connect(original_dst).await {
-        Ok(s) => s,
-        Err(e) => {
-            reset(client);
-            return format!("upstream connect to {original_dst} failed: {e}");
-        }
-    };
     session.upstream_addr = server.peer_addr().ok();
     match copy_bidirectional_with_sizes(&mut client, &mut server, BUF, BUF).await {
         Ok((up, down)) => {
