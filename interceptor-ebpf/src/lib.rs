@@ -14,6 +14,12 @@ pub const MAP_RECORDS: &str = "INTERCEPTOR_RECORDS";
 pub const MAP_PEERS: &str = "INTERCEPTOR_PEERS";
 pub const MAP_SETTINGS: &str = "INTERCEPTOR_SETTINGS";
 
+/// Version of the map layouts below. Maps are pinned in a directory named
+/// after it, so a daemon whose layouts differ from the pinned ones starts
+/// with fresh maps instead of reusing incompatible ones. Bump it whenever a
+/// key or value type, or a map's capacity, changes.
+pub const MAPS_LAYOUT_VERSION: u32 = 1;
+
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 pub const SOCK_STREAM: u32 = 1;

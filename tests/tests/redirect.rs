@@ -227,6 +227,7 @@ fn every_loopback_form_and_wildcard_targets_are_intercepted() {
     let local = EchoServer::start(&["127.0.0.1", "127.0.0.2", "::1"]);
     let wild = EchoServer::start(&["127.0.0.1", "127.0.0.3", "::1"]);
     let v6 = EchoServer::start(&["::1", "127.0.0.1"]);
+    let named = EchoServer::start(&["127.0.0.1", "::1"]);
     let d = Daemon::start(
         "forms",
         &cg,
@@ -235,6 +236,7 @@ fn every_loopback_form_and_wildcard_targets_are_intercepted() {
             tcp_store("local", &[format!("127.0.0.1:{}", local.port)]),
             tcp_store("wild", &[format!("*:{}", wild.port)]),
             tcp_store("v6", &[format!("[::1]:{}", v6.port)]),
+            tcp_store("named", &[format!("localhost:{}", named.port)]),
         ],
     );
     let cases: &[(&str, u16, &str, u16)] = &[
@@ -247,6 +249,8 @@ fn every_loopback_form_and_wildcard_targets_are_intercepted() {
         ("wild", wild.port, "::ffff:127.0.0.1", 6),
         ("v6", v6.port, "::1", 6),
         ("v6", v6.port, "127.0.0.1", 4),
+        ("named", named.port, "127.0.0.1", 4),
+        ("named", named.port, "::1", 6),
     ];
     for &(store, port, host, family) in cases {
         let before = d.sessions_opened().len();
@@ -353,11 +357,12 @@ print(json.dumps(dict(ok=ok, refused=refused, direct=direct)))
         .spawn()
         .expect("loop client");
     thread::sleep(Duration::from_millis(1500));
-    let accepted_before_kill = echo.accepted();
     d.kill9();
+    // Let the server's accept loop drain what the proxy opened before it died.
+    thread::sleep(Duration::from_millis(200));
+    let accepted_before_kill = echo.accepted();
 
     // Dead daemon: a connect from the cgroup is refused, and the server sees nothing.
-    thread::sleep(Duration::from_millis(200));
     let r = &d.client(&["--port", &port])[0];
     assert_eq!(
         r["error_name"], "ConnectionRefusedError",
@@ -592,4 +597,30 @@ fn detach_removes_the_pins_and_interception() {
         .expect("exec");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(!went_through_proxy(&r), "{r}");
+}
+
+#[test]
+fn a_restart_with_a_changed_config_updates_the_pinned_store_map() {
+    require_root();
+    let cg = TestCgroup::new("reconfig");
+    let old = EchoServer::start(&["127.0.0.1"]);
+    let new = EchoServer::start(&["127.0.0.1"]);
+    let mut d = Daemon::start("reconfig", &cg, 911, &[tcp_store("echo", &[format!("127.0.0.1:{}", old.port)])]);
+    assert!(went_through_proxy(&d.client(&["--port", &old.port.to_string()])[0]));
+    d.terminate();
+    let text = Daemon::config_text(
+        &cg.path,
+        911,
+        &d.bpffs,
+        d.dir.path(),
+        &[tcp_store("echo", &[format!("127.0.0.1:{}", new.port)])],
+    );
+    std::fs::write(&d.config, text).expect("rewrite config");
+    d.spawn();
+    let r = &d.client(&["--port", &old.port.to_string()])[0];
+    assert!(!went_through_proxy(r), "a target removed from the config is still intercepted: {r}");
+    let r = &d.client(&["--port", &new.port.to_string()])[0];
+    assert!(went_through_proxy(r), "{r}");
+    // 127.0.0.1:port and the any-local-address key for that port; nothing stale.
+    assert_eq!(d.status()["pins"]["store_entries"], 2);
 }

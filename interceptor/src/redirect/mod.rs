@@ -27,7 +27,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use interceptor_ebpf::{
-    ConnRecord, PeerKey, Settings, StoreKey, StoreValue, MAP_PEERS, MAP_SETTINGS, MAP_STORES,
+    ConnRecord, PeerKey, Settings, StoreKey, StoreValue, MAPS_LAYOUT_VERSION, MAP_PEERS,
+    MAP_SETTINGS, MAP_STORES,
 };
 use thiserror::Error;
 
@@ -87,8 +88,21 @@ pub fn links_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("links")
 }
 
+/// Maps of the current layout version (bpffs names cannot contain dots).
 pub fn maps_dir(bpffs: &Path) -> PathBuf {
-    bpffs.join("maps")
+    bpffs.join(format!("maps_v{MAPS_LAYOUT_VERSION}"))
+}
+
+/// Every maps directory under `bpffs`, whatever its layout version.
+fn all_maps_dirs(bpffs: &Path) -> Vec<PathBuf> {
+    fs::read_dir(bpffs)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("maps_v"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Makes sure `bpffs` is a directory on a bpf filesystem, mounting one at
@@ -253,6 +267,20 @@ pub fn install(
         })?;
         let _ = fs::remove_file(&staged);
     }
+    // Maps of an older layout are referenced by no attached program any more.
+    for dir in all_maps_dirs(spec.bpffs)
+        .into_iter()
+        .filter(|d| *d != maps_dir(spec.bpffs))
+    {
+        match remove_pins(&dir) {
+            Ok(n) => {
+                tracing::info!(dir = %dir.display(), pins = n.len(), "removed maps of an older layout")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove maps of an older layout")
+            }
+        }
+    }
     Ok((
         Redirector {
             _ebpf: ebpf,
@@ -336,23 +364,30 @@ pub fn pin_status(bpffs: &Path) -> PinStatus {
 /// Removes every pin: links first (which detaches the programs), then maps.
 /// Returns what was removed.
 pub fn detach(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    for dir in [links_dir(bpffs), maps_dir(bpffs)] {
-        match fs::read_dir(&dir) {
-            Ok(rd) => {
-                for entry in rd {
-                    let path = entry?.path();
-                    fs::remove_file(&path)?;
-                    removed.push(path);
-                }
-                fs::remove_dir(&dir)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+    let mut removed = remove_pins(&links_dir(bpffs))?;
+    for dir in all_maps_dirs(bpffs) {
+        removed.extend(remove_pins(&dir)?);
     }
     match fs::remove_dir(bpffs) {
         Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(removed)
+}
+
+/// Unlinks every pin in `dir`, then `dir` itself.
+fn remove_pins(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            for entry in rd {
+                let path = entry?.path();
+                fs::remove_file(&path)?;
+                removed.push(path);
+            }
+            fs::remove_dir(dir)?;
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
