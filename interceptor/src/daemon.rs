@@ -54,6 +54,7 @@ async fn run_async(cfg: Config) -> Result<()> {
 
     // Listen before attaching, so the first redirected connect already lands.
     let listen = cfg.daemon.listen;
+    check_listen_port_is_privileged(listen.port(), cfg.daemon.allow_unprivileged_listen_port)?;
     let listeners = proxy::bind_listeners(listen).with_context(|| {
         format!("cannot listen on {listen}: is another interceptor running? (`interceptor status`)")
     })?;
@@ -131,6 +132,32 @@ async fn run_async(cfg: Config) -> Result<()> {
     proxy.clone().serve(listeners, shutdown_rx, DRAIN).await;
     notify_systemd("STOPPING=1");
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
+    Ok(())
+}
+
+/// The listener must be a port no unprivileged task can bind while the
+/// daemon is down, on this host's actual settings, not just by convention.
+fn check_listen_port_is_privileged(port: u16, allowed: bool) -> Result<()> {
+    let path = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+    let Some(start) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    if u32::from(port) >= start && !allowed {
+        anyhow::bail!(
+            "net.ipv4.ip_unprivileged_port_start is {start}, so any user could bind the listener port {port} \
+             while the daemon is down and receive intercepted connections; raise the sysctl above {port} \
+             or set daemon.allow_unprivileged_listen_port = true to accept that risk"
+        );
+    }
+    if u32::from(port) >= start {
+        tracing::warn!(
+            port,
+            "the listener port can be bound by unprivileged users while the daemon is down"
+        );
+    }
     Ok(())
 }
 

@@ -605,8 +605,15 @@ fn a_restart_with_a_changed_config_updates_the_pinned_store_map() {
     let cg = TestCgroup::new("reconfig");
     let old = EchoServer::start(&["127.0.0.1"]);
     let new = EchoServer::start(&["127.0.0.1"]);
-    let mut d = Daemon::start("reconfig", &cg, 911, &[tcp_store("echo", &[format!("127.0.0.1:{}", old.port)])]);
-    assert!(went_through_proxy(&d.client(&["--port", &old.port.to_string()])[0]));
+    let mut d = Daemon::start(
+        "reconfig",
+        &cg,
+        911,
+        &[tcp_store("echo", &[format!("127.0.0.1:{}", old.port)])],
+    );
+    assert!(went_through_proxy(
+        &d.client(&["--port", &old.port.to_string()])[0]
+    ));
     d.terminate();
     let text = Daemon::config_text(
         &cg.path,
@@ -618,7 +625,10 @@ fn a_restart_with_a_changed_config_updates_the_pinned_store_map() {
     std::fs::write(&d.config, text).expect("rewrite config");
     d.spawn();
     let r = &d.client(&["--port", &old.port.to_string()])[0];
-    assert!(!went_through_proxy(r), "a target removed from the config is still intercepted: {r}");
+    assert!(
+        !went_through_proxy(r),
+        "a target removed from the config is still intercepted: {r}"
+    );
     let r = &d.client(&["--port", &new.port.to_string()])[0];
     assert!(went_through_proxy(r), "{r}");
     // 127.0.0.1:port and the any-local-address key for that port; nothing stale.
