@@ -12,8 +12,14 @@ use anyhow::{Context, Result};
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 use crate::{
-    audit::{self, LogRecorder},
-    config::Config,
+    audit::{
+        self,
+        hostkey::HostKey,
+        journal::{self, Journal},
+        recorder::JournalRecorder,
+        roller::{RollMode, RollReport, Roller},
+    },
+    config::{self, Config},
     control,
     proxy::{self, Proxy, Stats, UpstreamConnector},
     redirect::{self, stores, InstallSpec, Redirector},
@@ -59,6 +65,35 @@ async fn run_async(cfg: Config) -> Result<()> {
         format!("cannot listen on {listen}: is another interceptor running? (`interceptor status`)")
     })?;
 
+    // The audit trail comes up before anything is intercepted: whatever a
+    // previous daemon journaled is rolled first, exactly once.
+    let key = HostKey::load_or_create(&cfg.daemon.state_dir)?;
+    let durability = match cfg.audit.durability {
+        config::Durability::Batched => journal::Durability::Batched,
+        config::Durability::Strict => journal::Durability::Strict,
+    };
+    let journal_dir = cfg.daemon.state_dir.join("journal");
+    let journal = Arc::new(Journal::open(&journal_dir, durability)?);
+    let roller = Arc::new(Roller::new(
+        journal.clone(),
+        &cfg.daemon.audit_dir,
+        &cfg.daemon.state_dir,
+    ));
+    match roll(&roller, RollMode::Recovery).await {
+        Ok(r) => tracing::info!(
+            sessions = r.sessions,
+            events = r.events,
+            damaged = r.damaged,
+            skipped_already_rolled = r.skipped_already_rolled,
+            audit_dir = %cfg.daemon.audit_dir.display(),
+            "audit recovery: journal rolled into Parquet"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "audit recovery roll failed: the journal is kept and rolled at the next flush")
+        }
+    }
+    let recorder = Arc::new(JournalRecorder::new(journal.clone(), cfg.audit.on_failure));
+
     let (resolved, failures) = resolve(cfg.stores.clone()).await;
     for f in &failures {
         tracing::warn!(target_name = %f, "store target does not resolve; retrying every {:?}", cfg.daemon.resolve_interval);
@@ -92,7 +127,8 @@ async fn run_async(cfg: Config) -> Result<()> {
     let proxy = Arc::new(Proxy {
         stores: cfg.stores.clone(),
         peers,
-        recorder: Arc::new(LogRecorder),
+        recorder: recorder.clone(),
+        key,
         upstream: UpstreamConnector {
             mark: cfg.daemon.upstream_mark,
         },
@@ -106,9 +142,13 @@ async fn run_async(cfg: Config) -> Result<()> {
         proxy: proxy.clone(),
         started,
         cfg: cfg.clone(),
+        roller: roller.clone(),
+        journal: journal.clone(),
+        recorder: recorder.clone(),
     });
     tokio::spawn(control::serve(control_listener, handler));
     tokio::spawn(refresh_stores(cfg.clone(), redirector.clone(), resolved));
+    tokio::spawn(periodic_rolls(roller.clone(), cfg.audit.flush_interval));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -131,6 +171,19 @@ async fn run_async(cfg: Config) -> Result<()> {
     tracing::info!(pid = std::process::id(), "ready");
     proxy.clone().serve(listeners, shutdown_rx, DRAIN).await;
     notify_systemd("STOPPING=1");
+    match roll(&roller, RollMode::Shutdown).await {
+        Ok(r) => tracing::info!(
+            sessions = r.sessions,
+            events = r.events,
+            "audit flushed to Parquet"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "final audit roll failed: the journal is kept and rolled at the next start")
+        }
+    }
+    if let Err(e) = journal.sync() {
+        tracing::error!(error = %e, "syncing the audit journal failed");
+    }
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     Ok(())
 }
@@ -159,6 +212,37 @@ fn check_listen_port_is_privileged(port: u16, allowed: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn roll(roller: &Arc<Roller>, mode: RollMode) -> Result<RollReport, String> {
+    let roller = roller.clone();
+    match tokio::task::spawn_blocking(move || roller.roll(mode)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("roll task failed: {e}")),
+    }
+}
+
+/// Journal -> Parquet every `audit.flush_interval`.
+async fn periodic_rolls(roller: Arc<Roller>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match roll(&roller, RollMode::Normal).await {
+            Ok(r) if r.sessions + r.events > 0 => tracing::info!(
+                sessions = r.sessions,
+                events = r.events,
+                carried = r.carried,
+                millis = r.millis as u64,
+                "audit rolled to Parquet"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "audit roll failed: the journal is kept and retried at the next interval")
+            }
+        }
+    }
 }
 
 async fn resolve(stores: Vec<crate::config::StoreConfig>) -> (stores::Resolved, Vec<String>) {
@@ -217,6 +301,9 @@ struct StatusHandler {
     proxy: Arc<Proxy>,
     started: Instant,
     cfg: Config,
+    roller: Arc<Roller>,
+    journal: Arc<Journal>,
+    recorder: Arc<JournalRecorder>,
 }
 
 impl control::Handler for StatusHandler {
@@ -234,10 +321,31 @@ impl control::Handler for StatusHandler {
                     "sessions_active": s.active.load(Ordering::Relaxed),
                     "rejected_without_record": s.rejected_no_record.load(Ordering::Relaxed),
                     "upstream_failures": s.upstream_failures.load(Ordering::Relaxed),
+                    "audit": {
+                        "journal": self.journal.stats(),
+                        "recorder": self.recorder.stats(),
+                        "audit_dir": self.cfg.daemon.audit_dir,
+                    },
                 })
             }
+            "flush" => {
+                // Blocking I/O from the control task: fine on the multi-threaded runtime.
+                match tokio::task::block_in_place(|| self.roller.roll(RollMode::Normal)) {
+                    Ok(r) => serde_json::json!({
+                        "ok": true,
+                        "message": format!(
+                            "flushed {} sessions and {} events to {} ({} open records carried over)",
+                            r.sessions, r.events, self.cfg.daemon.audit_dir.display(), r.carried
+                        ),
+                        "report": r,
+                    }),
+                    Err(e) => {
+                        serde_json::json!({ "ok": false, "message": format!("flush failed: {e}") })
+                    }
+                }
+            }
             other => {
-                serde_json::json!({ "error": format!("unknown command {other:?}; known: status") })
+                serde_json::json!({ "error": format!("unknown command {other:?}; known: status, flush") })
             }
         }
     }

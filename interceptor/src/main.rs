@@ -2,15 +2,6 @@
 //!
 //! One function per subcommand; everything else lives in the modules.
 
-mod audit;
-mod config;
-mod control;
-mod daemon;
-mod identity;
-mod protocol;
-mod proxy;
-mod redirect;
-
 use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -20,7 +11,15 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use interceptor::{
+    audit::{
+        self,
+        query::{self, Filter, Format},
+        Decision,
+    },
+    config::{self, Config},
+    control, daemon, redirect,
+};
 
 const DEFAULT_CONFIG: &str = "/etc/interceptor/interceptor.toml";
 
@@ -70,6 +69,108 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Query the audit trail (the Parquet files under daemon.audit_dir).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// One session's identity, then every command in order with its
+    /// decision and timing.
+    Replay {
+        session_id: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Audit directory to read instead of the config's daemon.audit_dir
+        /// (the config is then not read).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Intercepted connections: who (pid, uid, unit, exe, CI job) reached
+    /// which store, and how it ended.
+    Sessions {
+        #[command(flatten)]
+        query: AuditQuery,
+    },
+    /// Commands: what each session asked for and what the policy decided.
+    Events {
+        #[command(flatten)]
+        query: AuditQuery,
+        /// allow, deny, mask, held, approved, rejected, expired or error.
+        #[arg(long, value_parser = parse_decision)]
+        decision: Option<Decision>,
+        /// Only the commands of this session.
+        #[arg(long = "session")]
+        session_id: Option<String>,
+    },
+    /// Roll the journal into Parquet now (asks the running daemon).
+    Flush {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// The HMAC of VALUE under this host's key: search the trail for where a
+    /// secret was used without writing it down.
+    Hash {
+        value: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+/// Filters shared by `audit sessions` and `audit events`.
+#[derive(clap::Args)]
+struct AuditQuery {
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Audit directory to read instead of the config's daemon.audit_dir
+    /// (the config is then not read).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// From this time on: 2026-11-29T10:00:00Z, 2026-11-29, "2026-11-29 10:00:00"
+    /// (UTC), or a duration ago such as 90s, 15m, 2h, 7d.
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Store name, as in the config's [[store]] name.
+    #[arg(long)]
+    store: Option<String>,
+    #[arg(long)]
+    pid: Option<u32>,
+    #[arg(long)]
+    uid: Option<u32>,
+    /// systemd unit, e.g. gitlab-runner.service.
+    #[arg(long)]
+    unit: Option<String>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+impl From<OutputFormat> for Format {
+    fn from(f: OutputFormat) -> Format {
+        match f {
+            OutputFormat::Table => Format::Table,
+            OutputFormat::Json => Format::Json,
+            OutputFormat::Csv => Format::Csv,
+        }
+    }
+}
+
+fn parse_decision(s: &str) -> Result<Decision, String> {
+    Decision::parse(s).ok_or_else(|| {
+        format!("unknown decision {s:?}: use allow, deny, mask, held, approved, rejected, expired or error")
+    })
 }
 
 fn main() -> ExitCode {
@@ -84,6 +185,12 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Status { config, json } => status(&config, json),
         Command::Detach { config } => detach(&config),
+        Command::Audit { command } => audit_command(command),
+        Command::Replay {
+            session_id,
+            config,
+            dir,
+        } => replay(&config, dir.as_deref(), &session_id),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,4 +290,113 @@ fn detach(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--dir` when given (the config is then not needed), else the config's
+/// daemon.audit_dir.
+fn audit_dir(config: &Path, dir: Option<&Path>) -> Result<PathBuf> {
+    match dir {
+        Some(d) => Ok(d.to_path_buf()),
+        None => Ok(load(config)
+            .context("reading daemon.audit_dir from the config (or pass --dir D)")?
+            .daemon
+            .audit_dir),
+    }
+}
+
+fn audit_command(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::Sessions { query } => audit_sessions(&query),
+        AuditCommand::Events {
+            query,
+            decision,
+            session_id,
+        } => audit_events(&query, decision, session_id),
+        AuditCommand::Flush { config } => audit_flush(&config),
+        AuditCommand::Hash { value, config } => audit_hash(&config, &value),
+    }
+}
+
+fn audit_filter(q: &AuditQuery) -> Result<Filter> {
+    let now = audit::now_us();
+    let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>> {
+        v.as_deref()
+            .map(|s| query::parse_time(s, now).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+            .transpose()
+    };
+    Ok(Filter {
+        since: time("since", &q.since)?,
+        until: time("until", &q.until)?,
+        store: q.store.clone(),
+        pid: q.pid,
+        uid: q.uid,
+        unit: q.unit.clone(),
+        ..Filter::default()
+    })
+}
+
+fn audit_sessions(q: &AuditQuery) -> Result<()> {
+    let filter = audit_filter(q)?;
+    let dir = audit_dir(&q.config, q.dir.as_deref())?;
+    let rows = query::read_sessions(&dir, &filter)?;
+    print!("{}", query::render_sessions(&rows, q.format.into()));
+    Ok(())
+}
+
+fn audit_events(
+    q: &AuditQuery,
+    decision: Option<Decision>,
+    session_id: Option<String>,
+) -> Result<()> {
+    let filter = Filter {
+        decision,
+        session_id,
+        ..audit_filter(q)?
+    };
+    let dir = audit_dir(&q.config, q.dir.as_deref())?;
+    let rows = query::read_events(&dir, &filter)?;
+    print!("{}", query::render_events(&rows, q.format.into()));
+    Ok(())
+}
+
+fn audit_flush(path: &Path) -> Result<()> {
+    let cfg = load(path)?;
+    let answer = match control::request(&cfg.daemon.control_socket, "flush") {
+        Ok(answer) => answer,
+        Err(e) => bail!(
+            "{e:#}: is the daemon running? (`interceptor run --config {}`)",
+            path.display()
+        ),
+    };
+    let text = |key: &str| answer.get(key).and_then(|v| v.as_str());
+    if let Some(err) = text("error") {
+        bail!("the daemon refused to flush: {err}");
+    }
+    let message = text("message").map_or_else(|| answer.to_string(), str::to_string);
+    if answer.get("ok").and_then(|v| v.as_bool()) == Some(false) {
+        bail!("{message}");
+    }
+    println!("{message}");
+    Ok(())
+}
+
+fn audit_hash(path: &Path, value: &str) -> Result<()> {
+    let cfg = load(path)?;
+    let key = audit::hostkey::HostKey::load(&cfg.daemon.state_dir)?;
+    println!("{}", key.hash(value.as_bytes()));
+    Ok(())
+}
+
+fn replay(config: &Path, dir: Option<&Path>, session_id: &str) -> Result<()> {
+    let dir = audit_dir(config, dir)?;
+    match query::read_replay(&dir, session_id)? {
+        Some((session, events)) => {
+            print!("{}", query::render_replay(&session, &events));
+            Ok(())
+        }
+        None => bail!(
+            "no session {session_id} in {}: check the id (`interceptor audit sessions`), or run `interceptor audit flush` if it ended in the last flush interval",
+            dir.display()
+        ),
+    }
 }

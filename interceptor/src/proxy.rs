@@ -22,7 +22,7 @@ use tokio::{
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    audit::{Recorder, SessionRecord},
+    audit::{self, hostkey::redact_cmdline, hostkey::HostKey, Recorder, SessionRecord},
     config::{Protocol, StoreConfig},
     identity::{Identity, KernelIdentity},
     protocol,
@@ -73,6 +73,7 @@ pub struct Proxy {
     pub stores: Vec<StoreConfig>,
     pub peers: PeerTable,
     pub recorder: Arc<dyn Recorder>,
+    pub key: HostKey,
     pub upstream: UpstreamConnector,
     pub host: String,
     pub stats: Stats,
@@ -179,45 +180,52 @@ impl Proxy {
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         match store.protocol {
             Protocol::Tcp => {
-                // The upstream handshake and the /proc reads overlap: connect
-                // is started first, identity is read while it is in flight.
-                let (upstream, identity) =
-                    tokio::join!(self.upstream.connect(original_dst), async {
-                        Identity::resolve(kernel)
-                    });
-                let mut session = self.open_session(store, peer, original_dst, identity);
-                let reason = match upstream {
-                    Ok(server) => protocol::tcp::relay(client, server, &mut session).await,
-                    Err(e) => {
+                let (upstream, identity) = if self.recorder.available() {
+                    // The upstream handshake and the /proc reads overlap:
+                    // connect is started first, identity is read meanwhile.
+                    let (upstream, identity) =
+                        tokio::join!(self.upstream.connect(original_dst), async {
+                            Identity::resolve(kernel)
+                        });
+                    let upstream = upstream.map_err(|e| {
                         self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
-                        reset(client);
                         format!("upstream connect to {original_dst} failed: {e}")
-                    }
+                    });
+                    (protocol::tcp::Upstream::Connected(upstream), identity)
+                } else {
+                    (
+                        protocol::tcp::Upstream::AfterJournal(self.upstream, original_dst),
+                        Identity::resolve(kernel),
+                    )
                 };
-                self.close_session(session, reason);
+                let session = self.new_session(store, peer, original_dst, &identity);
+                protocol::tcp::serve(client, upstream, session, &*self.recorder).await;
             }
             other => {
                 // No handler for this protocol yet: relaying raw bytes would
                 // skip every rule and mask, so the session is refused.
-                let session =
-                    self.open_session(store, peer, original_dst, Identity::resolve(kernel));
+                let mut session =
+                    self.new_session(store, peer, original_dst, &Identity::resolve(kernel));
                 reset(client);
-                self.close_session(
-                    session,
-                    format!("{other} handler not available in this build: connection refused (fail closed)"),
-                );
+                session.close(format!(
+                    "{other} handler not available in this build: connection refused (fail closed)"
+                ));
+                record_session(&*self.recorder, &session);
             }
         }
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn open_session(
+    /// A session record as it opens, with the secrets in the command line
+    /// already replaced by their HMAC.
+    fn new_session(
         &self,
         store: &StoreConfig,
         peer: SocketAddr,
         original_dst: SocketAddr,
-        identity: Identity,
+        identity: &Identity,
     ) -> SessionRecord {
-        let session = SessionRecord::open(
+        let mut session = SessionRecord::open(
             &self.host,
             &store.name,
             store.protocol.as_str(),
@@ -225,14 +233,21 @@ impl Proxy {
             original_dst,
             identity,
         );
-        self.recorder.session_opened(&session);
+        session.cmdline = session.cmdline.map(|c| redact_cmdline(&c, &self.key));
         session
     }
+}
 
-    fn close_session(&self, mut session: SessionRecord, reason: String) {
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
-        session.close(reason);
-        self.recorder.session_closed(&session);
+/// Logs a session version and journals it. Returns false when the recorder
+/// refused it (the caller must then not forward anything).
+pub fn record_session(recorder: &dyn Recorder, session: &SessionRecord) -> bool {
+    audit::log_session(session);
+    match recorder.session(session) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(session_id = %session.session_id, error = %e, "session not recorded");
+            false
+        }
     }
 }
 

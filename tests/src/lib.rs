@@ -257,19 +257,32 @@ impl Daemon {
 
     /// Writes the config and starts the daemon; returns once it is ready.
     pub fn start(name: &str, cgroup: &TestCgroup, listen_port: u16, stores: &[Store]) -> Self {
+        let mut d = Self::prepare(name, cgroup, listen_port, stores, "");
+        d.spawn();
+        d
+    }
+
+    /// Writes the config (with `extra` TOML appended, e.g. an `[audit]`
+    /// table) without starting the daemon: call [`Daemon::spawn`].
+    pub fn prepare(
+        name: &str,
+        cgroup: &TestCgroup,
+        listen_port: u16,
+        stores: &[Store],
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let bpffs = PathBuf::from(format!(
             "/sys/fs/bpf/interceptor-test-{name}-{}",
             std::process::id()
         ));
         let config = dir.path().join("interceptor.toml");
-        fs::write(
-            &config,
-            Self::config_text(&cgroup.path, listen_port, &bpffs, dir.path(), stores),
-        )
-        .expect("write config");
+        let mut text = Self::config_text(&cgroup.path, listen_port, &bpffs, dir.path(), stores);
+        text.push('\n');
+        text.push_str(extra);
+        fs::write(&config, text).expect("write config");
         let log = dir.path().join("daemon.log");
-        let mut d = Daemon {
+        Daemon {
             child: None,
             dir,
             config,
@@ -277,9 +290,47 @@ impl Daemon {
             listen_port,
             bpffs,
             starts: 0,
-        };
-        d.spawn();
-        d
+        }
+    }
+
+    /// `daemon.state_dir` of this daemon.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `daemon.audit_dir` of this daemon (the default, under state_dir).
+    pub fn audit_dir(&self) -> PathBuf {
+        self.state_dir().join("audit")
+    }
+
+    /// `interceptor audit flush`; panics unless the daemon answers.
+    pub fn flush(&self) -> String {
+        let out = self.cli(&["audit", "flush"]);
+        assert!(
+            out.status.success(),
+            "audit flush failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Rows of `interceptor audit sessions|events --format json`.
+    pub fn audit_rows(&self, what: &str, extra: &[&str]) -> Vec<Value> {
+        let mut args = vec!["audit", what, "--format", "json"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "audit {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("audit {what} line {l:?}: {e}"))
+            })
+            .collect()
     }
 
     /// Starts (or restarts) the daemon process and waits for "ready".

@@ -1,87 +1,52 @@
-//! The session record every protocol handler fills in, and the recorder
-//! interface it is handed to. Today's recorder writes structured log lines;
-//! the Parquet recorder (journal first, then Parquet) plugs in behind the same
-//! trait.
+//! The audit trail: every session and command, tied to the process identity,
+//! journaled before the command it describes reaches the server, then rolled
+//! into Parquet for analysts.
+//!
+//! * [`model`]: the session record and command event (the Parquet columns).
+//! * [`journal`]: append-only, CRC-framed segment files under `state_dir`.
+//! * [`parquet`]: the dataset layout, writer and reader.
+//! * [`roller`]: journal -> Parquet, exactly once, crash-safe.
+//! * [`recorder`]: what protocol handlers call; applies `audit.on_failure`.
+//! * [`hostkey`]: HMAC-SHA256 under the per-host key, for every secret value.
+//! * [`query`]: `interceptor audit sessions|events` and `replay`.
 
-use std::{
-    net::SocketAddr,
-    time::{SystemTime, UNIX_EPOCH},
-};
+pub mod hostkey;
+pub mod journal;
+pub mod model;
+pub mod normalize;
+pub mod parquet;
+pub mod query;
+pub mod recorder;
+pub mod roller;
 
-use serde::Serialize;
+pub use model::{now_us, CommandEvent, Decision, JournalRecord, SessionRecord};
 
-use crate::identity::Identity;
-
-/// One intercepted connection, from accept to close.
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionRecord {
-    pub session_id: String,
-    pub host: String,
-    /// Microseconds since the Unix epoch, UTC.
-    pub started_at: i64,
-    pub ended_at: Option<i64>,
-    pub store: String,
-    pub protocol: String,
-    pub client_addr: SocketAddr,
-    pub original_dst: SocketAddr,
-    pub upstream_addr: Option<SocketAddr>,
-    pub identity: Identity,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub end_reason: Option<String>,
+/// Why a record could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the audit journal cannot be written ({0}); commands are refused until it can (audit.on_failure = \"block\")")]
+    Unavailable(String),
 }
 
-impl SessionRecord {
-    pub fn open(
-        host: &str,
-        store: &str,
-        protocol: &str,
-        client_addr: SocketAddr,
-        original_dst: SocketAddr,
-        identity: Identity,
-    ) -> Self {
-        SessionRecord {
-            session_id: uuid::Uuid::now_v7().to_string(),
-            host: host.to_string(),
-            started_at: now_us(),
-            ended_at: None,
-            store: store.to_string(),
-            protocol: protocol.to_string(),
-            client_addr,
-            original_dst,
-            upstream_addr: None,
-            identity,
-            bytes_up: 0,
-            bytes_down: 0,
-            end_reason: None,
-        }
-    }
-
-    pub fn close(&mut self, reason: impl Into<String>) {
-        self.ended_at = Some(now_us());
-        self.end_reason = Some(reason.into());
-    }
-}
-
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-/// Where sessions (and, with the protocol handlers, commands) are recorded.
+/// Where sessions and commands are recorded. Protocol handlers call
+/// [`Recorder::session`] when a session opens and closes and
+/// [`Recorder::event`] before forwarding a command and again with its
+/// outcome. An `Err` means the command must not be forwarded.
 pub trait Recorder: Send + Sync {
-    fn session_opened(&self, session: &SessionRecord);
-    fn session_closed(&self, session: &SessionRecord);
+    fn session(&self, session: &SessionRecord) -> Result<(), RecordError>;
+    fn event(&self, event: &CommandEvent) -> Result<(), RecordError>;
+    /// False while records are being refused: handlers then journal a
+    /// session before opening anything upstream, so an outage of the audit
+    /// trail does not even reach the server.
+    fn available(&self) -> bool {
+        true
+    }
 }
 
-/// Records sessions as structured `tracing` events (target `interceptor::session`).
-pub struct LogRecorder;
-
-impl Recorder for LogRecorder {
-    fn session_opened(&self, s: &SessionRecord) {
-        let id = &s.identity;
+/// Session lines in the daemon log (target `interceptor::session`), for
+/// operators tailing the journal of systemd. Not the audit trail.
+pub fn log_session(s: &SessionRecord) {
+    if !s.is_closed() {
         tracing::info!(
             target: "interceptor::session",
             event = "open",
@@ -90,30 +55,29 @@ impl Recorder for LogRecorder {
             protocol = %s.protocol,
             client = %s.client_addr,
             original_dst = %s.original_dst,
-            pid = id.pid,
-            ppid = id.ppid.unwrap_or(0),
-            uid = id.uid,
-            gid = id.gid,
-            comm = %id.comm,
-            exe = id.exe.as_deref().unwrap_or("-"),
-            cmdline = id.cmdline.as_deref().unwrap_or("-"),
-            cgroup = id.cgroup.as_deref().unwrap_or("-"),
-            unit = id.unit.as_deref().unwrap_or("-"),
-            ci_job = id.ci_job.as_deref().unwrap_or("-"),
+            pid = s.pid,
+            ppid = s.ppid.unwrap_or(0),
+            uid = s.uid,
+            gid = s.gid,
+            comm = %s.comm,
+            exe = s.exe.as_deref().unwrap_or("-"),
+            cmdline = s.cmdline.as_deref().unwrap_or("-"),
+            cgroup = s.cgroup.as_deref().unwrap_or("-"),
+            unit = s.unit.as_deref().unwrap_or("-"),
+            ci_job = s.ci_job.as_deref().unwrap_or("-"),
             "session opened"
         );
-    }
-
-    fn session_closed(&self, s: &SessionRecord) {
+    } else {
         tracing::info!(
             target: "interceptor::session",
             event = "close",
             session_id = %s.session_id,
             store = %s.store,
-            pid = s.identity.pid,
-            upstream = %s.upstream_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            pid = s.pid,
+            upstream = s.upstream_addr.as_deref().unwrap_or("-"),
             bytes_up = s.bytes_up,
             bytes_down = s.bytes_down,
+            commands = s.commands,
             duration_us = s.ended_at.unwrap_or(s.started_at) - s.started_at,
             end_reason = s.end_reason.as_deref().unwrap_or("-"),
             "session closed"

@@ -53,8 +53,140 @@ fn main() {
         println!("{out}");
         return;
     }
-    require_root();
-    orchestrate(args.first().map(String::as_str));
+    let only = args.first().map(String::as_str);
+    if only.is_none() || only == Some("audit") {
+        audit_bench();
+    }
+    if only != Some("audit") {
+        require_root();
+        orchestrate(only);
+    }
+}
+
+/// The audit path on its own: journal appends (the write-before-forward cost
+/// per command) and the roller (journal -> Parquet) on one core.
+fn audit_bench() {
+    use interceptor::audit::{
+        journal::{Durability, Journal},
+        roller::{RollMode, Roller},
+        CommandEvent, Decision, JournalRecord,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let event = |i: u64| CommandEvent {
+        event_id: format!("0190f0c4-0000-7000-8000-{i:012}"),
+        rev: 1,
+        session_id: format!("0190f0c4-0000-7000-9000-{:012}", i / 100),
+        seq: i % 100,
+        ts: 1_780_000_000_000_000 + i as i64 * 10,
+        duration_us: Some(250),
+        host: "ci-runner-07".into(),
+        store: "ci-db".into(),
+        protocol: "postgres".into(),
+        pid: 4242,
+        uid: 1001,
+        unit: Some("gitlab-runner.service".into()),
+        command: "SELECT".into(),
+        statement: Some(
+            "SELECT id, name, email FROM users WHERE org_id = $1 AND active = $2 LIMIT $3".into(),
+        ),
+        target: Some("public.users".into()),
+        decision: Decision::Allow,
+        rule: None,
+        approval_id: None,
+        approver: None,
+        rows: Some(10),
+        masked_values: 0,
+        error: None,
+        bytes_up: 120,
+        bytes_down: 2048,
+        done: true,
+    };
+    println!("\n{:<44} {:>14}", "audit (one core)", "result");
+    let n = 1_000_000u64;
+    let journal = std::sync::Arc::new(
+        Journal::open(&dir.path().join("journal"), Durability::Batched).expect("journal"),
+    );
+    let start = Instant::now();
+    for i in 0..n {
+        let bytes = JournalRecord::Event(event(i)).encode();
+        journal.append(&bytes).expect("append");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {:>12.2} us",
+        "encode + journal append per command (batched)",
+        secs * 1e6 / n as f64
+    );
+    println!(
+        "{:<44} {:>12.0} /s",
+        "journal appends (batched)",
+        n as f64 / secs
+    );
+    // The roller's parts on their own: decoding the journal, writing Parquet.
+    let upto = journal.rotate().expect("rotate");
+    let segs = journal.read_sealed(upto).expect("read");
+    let start = Instant::now();
+    let mut decoded = Vec::with_capacity(n as usize);
+    for seg in &segs {
+        for r in &seg.records {
+            if let Some(JournalRecord::Event(e)) = JournalRecord::decode(r) {
+                decoded.push(e);
+            }
+        }
+    }
+    println!(
+        "{:<44} {:>12.0} /s",
+        "  journal read + decode",
+        n as f64 / start.elapsed().as_secs_f64()
+    );
+    let start = Instant::now();
+    let prepared =
+        interceptor::audit::parquet::prepare_events(&dir.path().join("scratch"), &decoded)
+            .expect("prepare");
+    println!(
+        "{:<44} {:>12.0} /s",
+        "  Parquet build + zstd + write",
+        n as f64 / start.elapsed().as_secs_f64()
+    );
+    drop(prepared);
+    drop(decoded);
+    drop(segs);
+    let roller = Roller::new(journal.clone(), &dir.path().join("audit"), dir.path());
+    let start = Instant::now();
+    let report = roller.roll(RollMode::Normal).expect("roll");
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(report.events, n as usize);
+    println!(
+        "{:<44} {:>12.0} /s",
+        "roller: journal -> Parquet events",
+        n as f64 / secs
+    );
+    let bytes: u64 = report
+        .files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "{:<44} {:>12.1} B",
+        "Parquet bytes per event (zstd)",
+        bytes as f64 / n as f64
+    );
+
+    let strict = Journal::open(&dir.path().join("strict"), Durability::Strict).expect("journal");
+    let m = 2000u64;
+    let start = Instant::now();
+    for i in 0..m {
+        strict
+            .append(&JournalRecord::Event(event(i)).encode())
+            .expect("append");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {:>12.2} us",
+        "encode + journal append per command (strict)",
+        secs * 1e6 / m as f64
+    );
 }
 
 fn orchestrate(only: Option<&str>) {

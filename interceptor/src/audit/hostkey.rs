@@ -1,0 +1,254 @@
+//! The per-host key under which values, tokens and passwords enter the audit
+//! trail: only as HMAC-SHA256, so an investigator holding a secret can find
+//! where it was used (`interceptor audit hash VALUE`) and nobody reading the
+//! trail can recover it.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use thiserror::Error;
+
+const KEY_FILE: &str = "host.key";
+const KEY_LEN: usize = 32;
+
+#[derive(Debug, Error)]
+pub enum HostKeyError {
+    #[error("cannot read the host key {path}: {source}; it is created by `interceptor run` in daemon.state_dir")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the host key {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("host key {path} is {len} bytes, expected {KEY_LEN}: it is damaged; restore it from backup (a new key makes old hashes unsearchable)")]
+    Length { path: PathBuf, len: usize },
+}
+
+#[derive(Clone)]
+pub struct HostKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for HostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostKey(..)")
+    }
+}
+
+impl HostKey {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(KEY_FILE)
+    }
+
+    /// Loads the key, creating it (mode 0600, from the kernel's CSPRNG) on
+    /// first start.
+    pub fn load_or_create(state_dir: &Path) -> Result<HostKey, HostKeyError> {
+        let path = Self::path(state_dir);
+        if path.exists() {
+            return Self::load(state_dir);
+        }
+        let cerr = |source| HostKeyError::Create {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(state_dir).map_err(cerr)?;
+        let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
+        let mut key = [0u8; KEY_LEN];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key))
+            .map_err(cerr)?;
+        let tmp = state_dir.join(format!("{KEY_FILE}.tmp"));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(cerr)?;
+        f.write_all(&key).and_then(|_| f.sync_all()).map_err(cerr)?;
+        fs::rename(&tmp, &path).map_err(cerr)?;
+        if let Ok(dir) = fs::File::open(state_dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(HostKey(key))
+    }
+
+    pub fn load(state_dir: &Path) -> Result<HostKey, HostKeyError> {
+        let path = Self::path(state_dir);
+        let bytes = fs::read(&path).map_err(|source| HostKeyError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let key: [u8; KEY_LEN] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| HostKeyError::Length {
+                path,
+                len: bytes.len(),
+            })?;
+        Ok(HostKey(key))
+    }
+
+    /// `hmac:<64 hex digits>`: how a secret value appears in the audit trail.
+    pub fn hash(&self, value: &[u8]) -> String {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(value);
+        let digest = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(5 + 64);
+        out.push_str("hmac:");
+        for b in digest {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+}
+
+/// Replaces the secrets recognisable in a command line by their HMAC:
+/// passwords in URLs (`scheme://user:PASSWORD@host`), `password=VALUE`
+/// (libpq conninfo and the like) and `--password[=| ]VALUE`-style options
+/// (`--password`, `--pass`, `--token`, `--secret`, `--api-key`).
+pub fn redact_cmdline(cmdline: &str, key: &HostKey) -> String {
+    let words: Vec<&str> = cmdline.split(' ').collect();
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
+    let mut next_is_secret = false;
+    for word in words {
+        if next_is_secret {
+            out.push(key.hash(word.as_bytes()));
+            next_is_secret = false;
+            continue;
+        }
+        if let Some(flag) = secret_flag(word) {
+            match word.split_once('=') {
+                Some((name, value)) if !value.is_empty() => {
+                    out.push(format!("{name}={}", key.hash(value.as_bytes())));
+                }
+                Some(_) => out.push(word.to_string()),
+                None => {
+                    out.push(word.to_string());
+                    next_is_secret = flag;
+                }
+            }
+            continue;
+        }
+        out.push(redact_word(word, key));
+    }
+    out.join(" ")
+}
+
+/// `Some(true)` for a secret-taking option given without `=`; `Some(false)`
+/// for one with `=`.
+fn secret_flag(word: &str) -> Option<bool> {
+    let name = word
+        .split('=')
+        .next()
+        .unwrap_or(word)
+        .trim_start_matches('-');
+    if !word.starts_with("--") {
+        return None;
+    }
+    let secretish = [
+        "password", "passwd", "pass", "token", "secret", "api-key", "apikey", "auth",
+    ];
+    secretish
+        .contains(&name.to_ascii_lowercase().as_str())
+        .then_some(!word.contains('='))
+}
+
+/// URL passwords and `key=value` secrets inside one word (which may be a
+/// whole conninfo string such as `host=x password=y`).
+fn redact_word(word: &str, key: &HostKey) -> String {
+    let mut w = word.to_string();
+    if let Some(scheme_end) = w.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = w[rest_start..]
+            .find(['/', '?', '#'])
+            .map_or(w.len(), |i| rest_start + i);
+        if let Some(at) = w[rest_start..authority_end].rfind('@') {
+            let userinfo = &w[rest_start..rest_start + at];
+            if let Some((user, pass)) = userinfo.split_once(':') {
+                if !pass.is_empty() {
+                    let hashed = format!("{user}:{}", key.hash(pass.as_bytes()));
+                    w.replace_range(rest_start..rest_start + at, &hashed);
+                }
+            }
+        }
+    }
+    for name in [
+        "password=",
+        "passwd=",
+        "token=",
+        "secret=",
+        "apikey=",
+        "api_key=",
+    ] {
+        if let Some(pos) = w.to_ascii_lowercase().find(name) {
+            let start = pos + name.len();
+            let end = w[start..]
+                .find([' ', '&', ';', '\'', '"'])
+                .map_or(w.len(), |i| start + i);
+            if end > start && !w[start..end].starts_with("hmac:") {
+                let hashed = key.hash(&w.as_bytes()[start..end]);
+                w.replace_range(start..end, &hashed);
+            }
+        }
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> HostKey {
+        HostKey([7u8; KEY_LEN])
+    }
+
+    #[test]
+    fn hash_is_stable_and_keyed() {
+        let a = key().hash(b"s3cret");
+        assert_eq!(a, key().hash(b"s3cret"));
+        assert!(a.starts_with("hmac:") && a.len() == 69);
+        assert_ne!(a, HostKey([8u8; KEY_LEN]).hash(b"s3cret"));
+    }
+
+    #[test]
+    fn created_once_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k1 = HostKey::load_or_create(dir.path()).expect("create");
+        let k2 = HostKey::load_or_create(dir.path()).expect("load");
+        assert_eq!(k1.hash(b"x"), k2.hash(b"x"));
+        let mode = fs::metadata(HostKey::path(dir.path()))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn cmdline_secrets_are_hashed() {
+        let k = key();
+        for (line, secret) in [
+            ("psql postgresql://app:hunter2@db:5432/ci", "hunter2"),
+            ("psql host=db password=hunter3 user=app", "hunter3"),
+            ("vault login --token s.abcdef", "s.abcdef"),
+            ("tool --password=pw-123 --verbose", "pw-123"),
+            ("curl https://x:tok-9@api.internal/v1", "tok-9"),
+        ] {
+            let r = redact_cmdline(line, &k);
+            assert!(!r.contains(secret), "{line} -> {r}");
+            assert!(r.contains(&k.hash(secret.as_bytes())), "{line} -> {r}");
+        }
+        assert_eq!(
+            redact_cmdline("redis-cli -p 6379 get key", &k),
+            "redis-cli -p 6379 get key"
+        );
+    }
+}

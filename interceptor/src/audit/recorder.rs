@@ -1,0 +1,152 @@
+//! The recorder protocol handlers talk to: every session version and every
+//! command event goes to the journal before the handler moves on, and
+//! `audit.on_failure` decides what a failed write means.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc,
+};
+
+use serde::Serialize;
+
+use super::{
+    journal::{Journal, JournalError},
+    CommandEvent, RecordError, Recorder, SessionRecord,
+};
+use crate::config::OnFailure;
+
+/// Borrowing twin of [`super::JournalRecord`]: same variants in the same
+/// order, so bincode writes identical bytes without cloning the record.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Session(&'a SessionRecord),
+    Event(&'a CommandEvent),
+}
+
+pub struct JournalRecorder {
+    journal: Arc<Journal>,
+    on_failure: OnFailure,
+    failing: AtomicBool,
+    /// Records dropped under `on_failure = "allow"`.
+    lost: AtomicU64,
+    /// Commands refused under `on_failure = "block"`.
+    refused: AtomicU64,
+}
+
+/// Counters for `interceptor status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecorderStats {
+    pub failing: bool,
+    pub lost_records: u64,
+    pub refused_records: u64,
+}
+
+impl JournalRecorder {
+    pub fn new(journal: Arc<Journal>, on_failure: OnFailure) -> Self {
+        JournalRecorder {
+            journal,
+            on_failure,
+            failing: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> RecorderStats {
+        RecorderStats {
+            failing: self.failing.load(Ordering::Relaxed),
+            lost_records: self.lost.load(Ordering::Relaxed),
+            refused_records: self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    fn append(&self, record: RecordRef<'_>) -> Result<(), RecordError> {
+        let bytes = match bincode::serialize(&record) {
+            Ok(b) => b,
+            Err(e) => return self.failed(&e.to_string()),
+        };
+        match self.journal.append(&bytes) {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the audit journal is writable again: commands are recorded and forwarded"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => self.failed(&journal_error(&e)),
+        }
+    }
+
+    fn failed(&self, error: &str) -> Result<(), RecordError> {
+        let first = !self.failing.swap(true, Ordering::Relaxed);
+        match self.on_failure {
+            OnFailure::Block => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                if first {
+                    tracing::error!(error, "cannot write the audit journal: refusing commands until it can (audit.on_failure = \"block\")");
+                }
+                Err(RecordError::Unavailable(error.to_string()))
+            }
+            OnFailure::Allow => {
+                let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
+                if first || lost.is_power_of_two() {
+                    tracing::error!(error, lost, "cannot write the audit journal: forwarding anyway, this record is lost (audit.on_failure = \"allow\")");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn journal_error(e: &JournalError) -> String {
+    e.to_string()
+}
+
+impl Recorder for JournalRecorder {
+    fn session(&self, session: &SessionRecord) -> Result<(), RecordError> {
+        self.append(RecordRef::Session(session))
+    }
+
+    fn event(&self, event: &CommandEvent) -> Result<(), RecordError> {
+        self.append(RecordRef::Event(event))
+    }
+
+    fn available(&self) -> bool {
+        self.on_failure == OnFailure::Allow || !self.failing.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Decision, JournalRecord};
+
+    #[test]
+    fn borrowed_records_decode_as_owned_ones() {
+        let id = crate::identity::Identity::resolve(crate::identity::KernelIdentity {
+            tgid: std::process::id(),
+            tid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            comm: String::new(),
+            cgroup_id: 0,
+        });
+        let mut s = SessionRecord::open(
+            "h",
+            "db",
+            "tcp",
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+            &id,
+        );
+        let e = s.event("TCP", Decision::Allow);
+        let bytes = bincode::serialize(&RecordRef::Session(&s)).expect("encode");
+        assert_eq!(
+            JournalRecord::decode(&bytes),
+            Some(JournalRecord::Session(s.clone()))
+        );
+        let bytes = bincode::serialize(&RecordRef::Event(&e)).expect("encode");
+        assert_eq!(JournalRecord::decode(&bytes), Some(JournalRecord::Event(e)));
+    }
+}

@@ -1,0 +1,521 @@
+//! Journal -> Parquet, exactly once.
+//!
+//! A roll seals the active journal segment, merges every sealed record by id
+//! (highest rev wins), writes the finished sessions and events as Parquet,
+//! and only then deletes the sealed segments. Sessions still open (and their
+//! in-flight commands) are carried over: re-appended to the new active
+//! segment before the old ones go. The steps that can be interrupted:
+//!
+//! 1. Parquet written to `AUDIT/.staging`, fsynced.
+//! 2. `state_dir/roll.pending` lists the final paths, fsynced.
+//! 3. Files renamed into place, directories fsynced.
+//! 4. Sealed segments deleted, `roll.pending` removed.
+//!
+//! A crash before 2 leaves only staging garbage (cleaned on start). A crash
+//! between 2 and 4 leaves `roll.pending`: the next roll reads the ids of the
+//! listed files that exist and skips them. So nothing is rolled twice, and
+//! nothing journaled is lost.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use serde::Serialize;
+
+use super::{
+    journal::Journal,
+    now_us,
+    parquet::{self, Prepared},
+    CommandEvent, JournalRecord, SessionRecord,
+};
+
+const PENDING: &str = "roll.pending";
+
+/// Why a roll happens; decides what becomes of sessions that are still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollMode {
+    /// Periodic or `interceptor audit flush`: open sessions are carried over.
+    Normal,
+    /// Daemon start: anything open belongs to a daemon that is gone.
+    Recovery,
+    /// Clean shutdown after draining: whatever is still open is being cut.
+    Shutdown,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RollReport {
+    pub sessions: usize,
+    pub events: usize,
+    pub carried: usize,
+    pub skipped_already_rolled: usize,
+    pub damaged: usize,
+    pub files: Vec<PathBuf>,
+    pub millis: u128,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollError {
+    #[error("{0}")]
+    Journal(#[from] super::journal::JournalError),
+    #[error("{0}")]
+    Parquet(#[from] super::parquet::AuditIoError),
+    #[error("writing {path}: {source}")]
+    Pending {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("re-appending an open session to the journal: {0}")]
+    Carry(String),
+}
+
+pub struct Roller {
+    journal: Arc<Journal>,
+    audit_dir: PathBuf,
+    state_dir: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl Roller {
+    pub fn new(journal: Arc<Journal>, audit_dir: &Path, state_dir: &Path) -> Self {
+        Roller {
+            journal,
+            audit_dir: audit_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Rolls everything sealed so far. Blocking: call off the async runtime.
+    pub fn roll(&self, mode: RollMode) -> Result<RollReport, RollError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let mut report = RollReport::default();
+        if mode == RollMode::Recovery {
+            let cleaned = parquet::clean_staging(&self.audit_dir)?;
+            if cleaned > 0 {
+                tracing::warn!(
+                    files = cleaned,
+                    "removed half-written audit files left by an interrupted roll"
+                );
+            }
+        }
+        let upto = self.journal.rotate()?;
+        let mut sessions: Vec<SessionRecord> = Vec::new();
+        let mut events: Vec<CommandEvent> = Vec::new();
+        for seg in self.journal.read_sealed(upto)? {
+            for d in &seg.damage {
+                tracing::warn!(damage = %d, "audit journal damage: the intact records around it are kept");
+            }
+            report.damaged += seg.damage.len();
+            for bytes in &seg.records {
+                match JournalRecord::decode(bytes) {
+                    Some(JournalRecord::Session(s)) => sessions.push(s),
+                    Some(JournalRecord::Event(e)) => events.push(e),
+                    None => {
+                        report.damaged += 1;
+                        tracing::warn!(
+                            segment = seg.seq,
+                            "an audit journal record does not decode: skipped"
+                        );
+                    }
+                }
+            }
+        }
+
+        // A previous roll may have renamed files into place without trimming
+        // the journal: those rows are already in the dataset.
+        let pending = self.state_dir.join(PENDING);
+        let already = self.already_rolled(&pending)?;
+        let (mut sessions, skipped_sessions) =
+            latest(sessions, |s| (&s.session_id, s.rev), &already);
+        let (mut events, skipped_events) = latest(events, |e| (&e.event_id, e.rev), &already);
+        report.skipped_already_rolled = skipped_sessions + skipped_events;
+
+        // Sessions left open: carried over (normal roll) or ended here.
+        let (closed, open): (Vec<_>, Vec<_>) = std::mem::take(&mut sessions)
+            .into_iter()
+            .partition(|s| s.is_closed());
+        let mut roll_sessions = closed;
+        let mut carry_sessions = Vec::new();
+        if mode == RollMode::Normal {
+            carry_sessions = open;
+        } else if !open.is_empty() {
+            let reason = match mode {
+                RollMode::Recovery => "interrupted: the daemon stopped before the session ended",
+                _ => "cut: the daemon shut down before the session ended",
+            };
+            let mut last_activity: HashMap<&str, i64> = open
+                .iter()
+                .map(|s| (s.session_id.as_str(), s.started_at))
+                .collect();
+            for e in &events {
+                if let Some(t) = last_activity.get_mut(e.session_id.as_str()) {
+                    *t = (*t).max(e.ts + e.duration_us.unwrap_or(0));
+                }
+            }
+            let ended: Vec<i64> = open
+                .iter()
+                .map(|s| last_activity[s.session_id.as_str()])
+                .collect();
+            for (mut s, end) in open.into_iter().zip(ended) {
+                s.ended_at = Some(end);
+                s.end_reason = Some(reason.to_string());
+                s.rev += 1;
+                roll_sessions.push(s);
+            }
+        }
+        // Commands not done: carried with their open session, else ended here.
+        let now = now_us();
+        let open_ids: HashSet<&str> = carry_sessions
+            .iter()
+            .map(|s| s.session_id.as_str())
+            .collect();
+        let mut carry_events = Vec::new();
+        let (done, unfinished): (Vec<_>, Vec<_>) = std::mem::take(&mut events)
+            .into_iter()
+            .partition(|e| e.done);
+        let mut roll_events = done;
+        for mut e in unfinished {
+            if open_ids.contains(e.session_id.as_str()) {
+                carry_events.push(e);
+            } else {
+                e.duration_us = Some((now - e.ts).max(0));
+                e.error = Some(
+                    "interrupted: the daemon stopped before the command completed".to_string(),
+                );
+                e.done = true;
+                e.rev += 1;
+                roll_events.push(e);
+            }
+        }
+        drop(open_ids);
+
+        // Carry first: once the sealed segments are gone, this is the only copy.
+        for s in &carry_sessions {
+            self.journal
+                .append(&JournalRecord::Session(s.clone()).encode())
+                .map_err(|e| RollError::Carry(e.to_string()))?;
+        }
+        for e in &carry_events {
+            self.journal
+                .append(&JournalRecord::Event(e.clone()).encode())
+                .map_err(|e| RollError::Carry(e.to_string()))?;
+        }
+        report.carried = carry_sessions.len() + carry_events.len();
+
+        if !roll_sessions.is_empty() || !roll_events.is_empty() {
+            let mut prepared = parquet::prepare_sessions(&self.audit_dir, &roll_sessions)?;
+            match parquet::prepare_events(&self.audit_dir, &roll_events) {
+                Ok(p) => prepared.extend(p),
+                Err(e) => {
+                    discard(&prepared);
+                    return Err(e.into());
+                }
+            }
+            if let Err(e) = write_pending(&pending, &prepared) {
+                discard(&prepared);
+                return Err(e);
+            }
+            if let Err(e) = parquet::commit(&prepared) {
+                // Some files may be in place: roll.pending stays, so the next
+                // roll skips exactly those.
+                discard(&prepared);
+                return Err(e.into());
+            }
+            report.files = prepared.iter().map(|p| p.final_path.clone()).collect();
+        }
+        self.journal.remove_sealed(upto)?;
+        match fs::remove_file(&pending) {
+            Ok(()) => sync_dir(&self.state_dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(RollError::Pending {
+                    path: pending,
+                    source,
+                })
+            }
+        }
+        report.sessions = roll_sessions.len();
+        report.events = roll_events.len();
+        report.millis = started.elapsed().as_millis();
+        Ok(report)
+    }
+
+    /// Ids in the files a previous, interrupted roll had already put in place.
+    fn already_rolled(&self, pending: &Path) -> Result<HashSet<String>, RollError> {
+        let mut ids = HashSet::new();
+        let text = match fs::read_to_string(pending) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(source) => {
+                return Err(RollError::Pending {
+                    path: pending.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let path = Path::new(line.trim());
+            if path.exists() {
+                ids.extend(parquet::read_ids(path)?);
+            }
+        }
+        if !ids.is_empty() {
+            tracing::warn!(
+                rows = ids.len(),
+                "an interrupted roll had already written some rows: they are not written again"
+            );
+        }
+        Ok(ids)
+    }
+}
+
+/// Keeps, per id, the version with the highest rev (the later record wins a
+/// tie), and drops ids already in the dataset, counted in the second value.
+fn latest<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> (&String, u32),
+    skip: &HashSet<String>,
+) -> (Vec<T>, usize) {
+    // Almost every id appears once or twice (decided, then done): index by
+    // id, no copies of the strings.
+    let mut best: HashMap<&str, (usize, u32)> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let (id, rev) = key(item);
+        match best.get_mut(id.as_str()) {
+            Some(slot) if slot.1 > rev => {}
+            Some(slot) => *slot = (i, rev),
+            None => {
+                best.insert(id.as_str(), (i, rev));
+            }
+        }
+    }
+    let mut keep = vec![false; items.len()];
+    let mut skipped = 0;
+    for (id, (i, _)) in &best {
+        if skip.contains(*id) {
+            skipped += 1;
+        } else {
+            keep[*i] = true;
+        }
+    }
+    drop(best);
+    let kept = items
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(item, k)| k.then_some(item))
+        .collect();
+    (kept, skipped)
+}
+
+fn write_pending(path: &Path, prepared: &[Prepared]) -> Result<(), RollError> {
+    let err = |source| RollError::Pending {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = String::new();
+    for p in prepared {
+        text.push_str(&p.final_path.to_string_lossy());
+        text.push('\n');
+    }
+    let mut f = fs::File::create(path).map_err(err)?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(err)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
+fn discard(prepared: &[Prepared]) {
+    for p in prepared {
+        let _ = fs::remove_file(&p.tmp);
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{journal::Durability, query, Decision};
+
+    fn identity() -> crate::identity::Identity {
+        crate::identity::Identity::resolve(crate::identity::KernelIdentity {
+            tgid: std::process::id(),
+            tid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            comm: String::new(),
+            cgroup_id: 0,
+        })
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        journal: Arc<Journal>,
+        roller: Roller,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let journal = Arc::new(
+                Journal::open(&dir.path().join("journal"), Durability::Batched).expect("journal"),
+            );
+            let roller = Roller::new(journal.clone(), &dir.path().join("audit"), dir.path());
+            Fixture {
+                dir,
+                journal,
+                roller,
+            }
+        }
+
+        fn append(&self, r: JournalRecord) {
+            self.journal.append(&r.encode()).expect("append");
+        }
+
+        /// A session with one finished command, both versions journaled.
+        fn session(&self, closed: bool) -> (SessionRecord, CommandEvent) {
+            let id = identity();
+            let mut s = SessionRecord::open(
+                "h",
+                "db",
+                "tcp",
+                "127.0.0.1:1".parse().expect("addr"),
+                "127.0.0.1:2".parse().expect("addr"),
+                &id,
+            );
+            self.append(JournalRecord::Session(s.clone()));
+            let mut e = s.event("TCP", Decision::Allow);
+            self.append(JournalRecord::Event(e.clone()));
+            if closed {
+                e.finish(None);
+                self.append(JournalRecord::Event(e.clone()));
+                s.close("closed");
+                self.append(JournalRecord::Session(s.clone()));
+            }
+            (s, e)
+        }
+
+        fn sessions(&self) -> Vec<SessionRecord> {
+            query::read_sessions(&self.dir.path().join("audit"), &query::Filter::default())
+                .expect("read")
+        }
+
+        fn events(&self) -> Vec<CommandEvent> {
+            query::read_events(&self.dir.path().join("audit"), &query::Filter::default())
+                .expect("read")
+        }
+    }
+
+    #[test]
+    fn highest_rev_wins_and_each_row_is_written_once() {
+        let f = Fixture::new();
+        for _ in 0..3 {
+            f.session(true);
+        }
+        let r = f.roller.roll(RollMode::Normal).expect("roll");
+        assert_eq!((r.sessions, r.events, r.carried), (3, 3, 0));
+        assert!(f
+            .sessions()
+            .iter()
+            .all(|s| s.end_reason.as_deref() == Some("closed")));
+        assert!(f.events().iter().all(|e| e.done && e.duration_us.is_some()));
+        // Nothing left: a second roll writes nothing.
+        let r = f.roller.roll(RollMode::Normal).expect("roll");
+        assert_eq!((r.sessions, r.events), (0, 0));
+        assert_eq!(f.sessions().len(), 3);
+    }
+
+    #[test]
+    fn a_crash_between_rename_and_trim_does_not_duplicate_rows() {
+        let f = Fixture::new();
+        let rows: Vec<_> = (0..3).map(|_| f.session(true)).collect();
+        let r = f.roller.roll(RollMode::Normal).expect("roll");
+        assert_eq!(r.files.len(), 2);
+        // As if the daemon died after renaming the files into place but
+        // before trimming the journal: the same records are still journaled
+        // and roll.pending names the files.
+        for (s, e) in &rows {
+            f.append(JournalRecord::Session(s.clone()));
+            f.append(JournalRecord::Event(e.clone()));
+        }
+        let pending: String = r
+            .files
+            .iter()
+            .map(|p| format!("{}\n", p.display()))
+            .collect();
+        fs::write(f.dir.path().join(PENDING), pending).expect("pending");
+        let (late, _) = f.session(true);
+        let r = f.roller.roll(RollMode::Recovery).expect("recovery roll");
+        assert_eq!(r.skipped_already_rolled, 6);
+        assert_eq!((r.sessions, r.events), (1, 1));
+        let sessions = f.sessions();
+        assert_eq!(sessions.len(), 4);
+        assert_eq!(
+            sessions
+                .iter()
+                .filter(|s| s.session_id == late.session_id)
+                .count(),
+            1
+        );
+        assert_eq!(f.events().len(), 4);
+        assert!(!f.dir.path().join(PENDING).exists());
+    }
+
+    #[test]
+    fn open_sessions_are_carried_then_ended_by_recovery() {
+        let f = Fixture::new();
+        let (open, _) = f.session(false);
+        f.session(true);
+        let r = f.roller.roll(RollMode::Normal).expect("roll");
+        assert_eq!((r.sessions, r.events, r.carried), (1, 1, 2));
+        assert!(f.sessions().iter().all(|s| s.session_id != open.session_id));
+        // The daemon dies; the next start finds the carried records.
+        let r = f.roller.roll(RollMode::Recovery).expect("recovery");
+        assert_eq!((r.sessions, r.events), (1, 1));
+        let s = f
+            .sessions()
+            .into_iter()
+            .find(|s| s.session_id == open.session_id)
+            .expect("rolled once ended");
+        assert!(s
+            .end_reason
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("interrupted"));
+        assert!(s.ended_at.is_some());
+        let e = f
+            .events()
+            .into_iter()
+            .find(|e| e.session_id == open.session_id)
+            .expect("its command");
+        assert!(e
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("interrupted"));
+        assert_eq!(f.sessions().len(), 2);
+    }
+
+    #[test]
+    fn staging_leftovers_are_removed_on_recovery() {
+        let f = Fixture::new();
+        let staging = f.dir.path().join("audit").join(parquet::STAGING_DIR);
+        fs::create_dir_all(&staging).expect("staging");
+        fs::write(staging.join("x.parquet.tmp"), b"half a file").expect("tmp");
+        f.roller.roll(RollMode::Recovery).expect("recovery");
+        assert!(!staging.join("x.parquet.tmp").exists());
+    }
+}

@@ -1,0 +1,13 @@
+//! interceptor: transparent policy proxy between CI tasks and secret stores.
+//!
+//! The daemon and CLI live in `main.rs`; the modules are a library so that
+//! the integration tests and benchmarks can drive the same code.
+
+pub mod audit;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod identity;
+pub mod protocol;
+pub mod proxy;
+pub mod redirect;
