@@ -144,8 +144,23 @@ impl fmt::Display for Damage {
 #[derive(Debug)]
 pub struct SegmentRead {
     pub seq: u64,
-    pub records: Vec<Vec<u8>>,
+    /// The whole segment as read; records are slices of it, so a roll reads
+    /// a segment with one allocation however many records it holds.
+    data: Vec<u8>,
+    spans: Vec<std::ops::Range<usize>>,
     pub damage: Vec<Damage>,
+}
+
+impl SegmentRead {
+    /// The intact records, in order.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.spans.iter().map(|r| &self.data[r.clone()])
+    }
+
+    #[cfg(test)]
+    fn owned(&self) -> Vec<Vec<u8>> {
+        self.records().map(<[u8]>::to_vec).collect()
+    }
 }
 
 /// For `interceptor status` and metrics.
@@ -438,12 +453,8 @@ impl Journal {
             if seq > limit {
                 break;
             }
-            match read_segment(&path) {
-                Ok((records, damage)) => out.push(SegmentRead {
-                    seq,
-                    records,
-                    damage,
-                }),
+            match read_segment_spans(&path, seq) {
+                Ok(seg) => out.push(seg),
                 // Removed since we listed it (a concurrent remove_sealed).
                 Err(JournalError::Read { source, .. })
                     if source.kind() == io::ErrorKind::NotFound => {}
@@ -660,11 +671,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Reads one segment file and decodes it with recovery (see the module docs).
 pub fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, Vec<Damage>), JournalError> {
-    let bytes = fs::read(path).map_err(|source| JournalError::Read {
+    let seg = read_segment_spans(path, 0)?;
+    let records = seg.records().map(<[u8]>::to_vec).collect();
+    Ok((records, seg.damage))
+}
+
+/// [`read_segment`] without copying records: one buffer, and the span of
+/// each intact record in it.
+fn read_segment_spans(path: &Path, seq: u64) -> Result<SegmentRead, JournalError> {
+    let data = fs::read(path).map_err(|source| JournalError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let (records, damage) = decode(&bytes);
+    let (spans, damage) = decode(&data);
     let damage = damage
         .into_iter()
         .map(|(offset, kind)| Damage {
@@ -673,18 +692,23 @@ pub fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, Vec<Damage>), JournalE
             kind,
         })
         .collect();
-    Ok((records, damage))
+    Ok(SegmentRead {
+        seq,
+        data,
+        spans,
+        damage,
+    })
 }
 
 /// Decodes a whole segment: the intact records, and (offset, kind) for each
 /// damaged stretch.
-fn decode(buf: &[u8]) -> (Vec<Vec<u8>>, Vec<(u64, DamageKind)>) {
+fn decode(buf: &[u8]) -> (Vec<std::ops::Range<usize>>, Vec<(u64, DamageKind)>) {
     let mut records = Vec::new();
     let mut damage = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
         if let Some(payload) = frame_at(buf, pos) {
-            records.push(payload.to_vec());
+            records.push(pos + HEADER_LEN..pos + HEADER_LEN + payload.len());
             pos += HEADER_LEN + payload.len();
             continue;
         }
@@ -789,6 +813,12 @@ mod tests {
     use std::process::Command;
     use std::time::Instant;
 
+    /// [`decode`] with each record copied out, for comparisons.
+    fn decode_owned(buf: &[u8]) -> (Vec<Vec<u8>>, Vec<(u64, DamageKind)>) {
+        let (spans, damage) = decode(buf);
+        (spans.into_iter().map(|r| buf[r].to_vec()).collect(), damage)
+    }
+
     fn frame_len(payload: &[u8]) -> u64 {
         (HEADER_LEN + payload.len()) as u64
     }
@@ -851,8 +881,8 @@ mod tests {
 
         let sealed = j.read_sealed(u64::MAX).expect("read");
         assert_eq!(sealed.len(), 2, "the active segment is never returned");
-        assert_eq!((sealed[0].seq, &sealed[0].records), (1, &a));
-        assert_eq!((sealed[1].seq, &sealed[1].records), (2, &b));
+        assert_eq!((sealed[0].seq, &sealed[0].owned()), (1, &a));
+        assert_eq!((sealed[1].seq, &sealed[1].owned()), (2, &b));
         assert!(sealed.iter().all(|s| s.damage.is_empty()));
         let first = j.read_sealed(1).expect("read");
         assert_eq!(first.len(), 1);
@@ -860,7 +890,7 @@ mod tests {
 
         assert_eq!(j.rotate().expect("rotate"), 3);
         let last = j.read_sealed(3).expect("read");
-        assert_eq!(last.last().map(|s| &s.records), Some(&c));
+        assert_eq!(last.last().map(|s| s.owned()), Some(c.clone()));
 
         let stats = j.stats();
         assert_eq!(stats.appended, 10);
@@ -924,7 +954,7 @@ mod tests {
         file.set_len(full - 5).expect("truncate");
 
         let sealed = j.read_sealed(1).expect("read");
-        assert_eq!(sealed[0].records, recs[..2]);
+        assert_eq!(sealed[0].owned(), recs[..2]);
         let damage = &sealed[0].damage;
         assert_eq!(damage.len(), 1);
         assert_eq!(damage[0].offset, frame_len(&recs[0]) + frame_len(&recs[1]));
@@ -1015,9 +1045,9 @@ mod tests {
         assert_eq!(j.rotate().expect("rotate"), 2);
         let sealed = j.read_sealed(u64::MAX).expect("read");
         assert_eq!(sealed.len(), 2);
-        assert_eq!(sealed[0].records, first);
+        assert_eq!(sealed[0].owned(), first);
         assert_eq!(sealed[0].damage[0].kind, DamageKind::TornTail { bytes: 9 });
-        assert_eq!(sealed[1].records, vec![b"after".to_vec()]);
+        assert_eq!(sealed[1].owned(), vec![b"after".to_vec()]);
     }
 
     #[test]
@@ -1094,7 +1124,7 @@ mod tests {
         let mut seen = HashSet::new();
         for seg in j.read_sealed(u64::MAX).expect("read") {
             assert!(seg.damage.is_empty());
-            for rec in seg.records {
+            for rec in seg.owned() {
                 let key = (rec[..4].to_vec(), rec[4..8].to_vec());
                 assert!(seen.insert(key), "record read twice");
             }
@@ -1143,8 +1173,8 @@ mod tests {
         j.append(b"after").expect("append goes to a new segment");
         assert_eq!(j.rotate().expect("rotate"), 2);
         let sealed = j.read_sealed(u64::MAX).expect("read");
-        assert_eq!(sealed[0].records, vec![b"before".to_vec()]);
-        assert_eq!(sealed[1].records, vec![b"after".to_vec()]);
+        assert_eq!(sealed[0].owned(), vec![b"before".to_vec()]);
+        assert_eq!(sealed[1].owned(), vec![b"after".to_vec()]);
     }
 
     /// A tmpfs mounted for one test, unmounted when dropped.
@@ -1248,7 +1278,7 @@ mod tests {
                     }
                 }
             }
-            let (recs, damage) = decode(&buf);
+            let (recs, damage) = decode_owned(&buf);
             assert_accounted(&buf, &recs, &damage);
         }
 
@@ -1268,7 +1298,7 @@ mod tests {
 
         // Every truncation keeps each whole frame; a cut inside one is a torn tail.
         for cut in 0..=seg.len() {
-            let (recs, damage) = decode(&seg[..cut]);
+            let (recs, damage) = decode_owned(&seg[..cut]);
             let whole = bounds.iter().filter(|&&b| b <= cut).count() - 1;
             assert_eq!(recs, originals[..whole], "cut at {cut}");
             let boundary = bounds[whole];
@@ -1288,7 +1318,7 @@ mod tests {
             let mask = (rng.below(255) + 1) as u8;
             let mut bad = seg.clone();
             bad[at] ^= mask;
-            let (recs, damage) = decode(&bad);
+            let (recs, damage) = decode_owned(&bad);
             let hit = bounds.iter().filter(|&&b| b <= at).count() - 1;
             let mut expected = originals.clone();
             expected.remove(hit);

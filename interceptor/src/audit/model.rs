@@ -247,8 +247,172 @@ impl JournalRecord {
         bincode::serialize(self).unwrap_or_default()
     }
 
+    pub fn view(&self) -> RecordView<'_> {
+        match self {
+            JournalRecord::Session(s) => RecordView::Session(s.view()),
+            JournalRecord::Event(e) => RecordView::Event(e.view()),
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Option<JournalRecord> {
         bincode::deserialize(bytes).ok()
+    }
+}
+
+/// A [`SessionRecord`] borrowed from a journal buffer (or from an owned
+/// record): what the roller works on, so rolling a million events does not
+/// allocate twelve strings each. Same fields in the same order as the owned
+/// record, so both encode to the same bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionView<'a> {
+    pub session_id: &'a str,
+    pub rev: u32,
+    pub host: &'a str,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub store: &'a str,
+    pub protocol: &'a str,
+    pub client_addr: &'a str,
+    pub original_dst: &'a str,
+    pub upstream_addr: Option<&'a str>,
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: &'a str,
+    pub exe: Option<&'a str>,
+    pub cmdline: Option<&'a str>,
+    pub cgroup: Option<&'a str>,
+    pub unit: Option<&'a str>,
+    pub ci_job: Option<&'a str>,
+    pub client_tls: bool,
+    pub upstream_tls: bool,
+    pub db_user: Option<&'a str>,
+    pub database: Option<&'a str>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub commands: u64,
+    pub denied: u64,
+    pub masked_values: u64,
+    pub end_reason: Option<&'a str>,
+}
+
+/// A [`CommandEvent`] borrowed from a journal buffer; see [`SessionView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView<'a> {
+    pub event_id: &'a str,
+    pub rev: u32,
+    pub session_id: &'a str,
+    pub seq: u64,
+    pub ts: i64,
+    pub duration_us: Option<i64>,
+    pub host: &'a str,
+    pub store: &'a str,
+    pub protocol: &'a str,
+    pub pid: u32,
+    pub uid: u32,
+    pub unit: Option<&'a str>,
+    pub command: &'a str,
+    pub statement: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub decision: Decision,
+    pub rule: Option<&'a str>,
+    pub approval_id: Option<&'a str>,
+    pub approver: Option<&'a str>,
+    pub rows: Option<u64>,
+    pub masked_values: u64,
+    pub error: Option<&'a str>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub done: bool,
+}
+
+/// Borrowing twin of [`JournalRecord`] (same variants, same order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RecordView<'a> {
+    #[serde(borrow)]
+    Session(SessionView<'a>),
+    #[serde(borrow)]
+    Event(EventView<'a>),
+}
+
+impl<'a> RecordView<'a> {
+    /// Decodes without copying a string: every field points into `bytes`.
+    pub fn decode(bytes: &'a [u8]) -> Option<RecordView<'a>> {
+        bincode::deserialize(bytes).ok()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).unwrap_or_default()
+    }
+}
+
+impl SessionRecord {
+    pub fn view(&self) -> SessionView<'_> {
+        SessionView {
+            session_id: &self.session_id,
+            rev: self.rev,
+            host: &self.host,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            store: &self.store,
+            protocol: &self.protocol,
+            client_addr: &self.client_addr,
+            original_dst: &self.original_dst,
+            upstream_addr: self.upstream_addr.as_deref(),
+            pid: self.pid,
+            ppid: self.ppid,
+            uid: self.uid,
+            gid: self.gid,
+            comm: &self.comm,
+            exe: self.exe.as_deref(),
+            cmdline: self.cmdline.as_deref(),
+            cgroup: self.cgroup.as_deref(),
+            unit: self.unit.as_deref(),
+            ci_job: self.ci_job.as_deref(),
+            client_tls: self.client_tls,
+            upstream_tls: self.upstream_tls,
+            db_user: self.db_user.as_deref(),
+            database: self.database.as_deref(),
+            bytes_up: self.bytes_up,
+            bytes_down: self.bytes_down,
+            commands: self.commands,
+            denied: self.denied,
+            masked_values: self.masked_values,
+            end_reason: self.end_reason.as_deref(),
+        }
+    }
+}
+
+impl CommandEvent {
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            event_id: &self.event_id,
+            rev: self.rev,
+            session_id: &self.session_id,
+            seq: self.seq,
+            ts: self.ts,
+            duration_us: self.duration_us,
+            host: &self.host,
+            store: &self.store,
+            protocol: &self.protocol,
+            pid: self.pid,
+            uid: self.uid,
+            unit: self.unit.as_deref(),
+            command: &self.command,
+            statement: self.statement.as_deref(),
+            target: self.target.as_deref(),
+            decision: self.decision,
+            rule: self.rule.as_deref(),
+            approval_id: self.approval_id.as_deref(),
+            approver: self.approver.as_deref(),
+            rows: self.rows,
+            masked_values: self.masked_values,
+            error: self.error.as_deref(),
+            bytes_up: self.bytes_up,
+            bytes_down: self.bytes_down,
+            done: self.done,
+        }
     }
 }
 
@@ -257,4 +421,42 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_encode_and_decode_like_owned_records() {
+        let id = crate::identity::Identity::resolve(crate::identity::KernelIdentity {
+            tgid: std::process::id(),
+            tid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            comm: String::new(),
+            cgroup_id: 0,
+        });
+        let mut s = SessionRecord::open(
+            "h",
+            "db",
+            "tcp",
+            "127.0.0.1:1".parse().expect("a"),
+            "127.0.0.1:2".parse().expect("a"),
+            &id,
+        );
+        let mut e = s.event("TCP", Decision::Allow);
+        e.statement = Some("SELECT $1".into());
+        e.finish(Some("boom".into()));
+        s.close("closed");
+        for owned in [JournalRecord::Session(s), JournalRecord::Event(e)] {
+            let bytes = owned.encode();
+            assert_eq!(
+                owned.view().encode(),
+                bytes,
+                "a view encodes like its owned record"
+            );
+            assert_eq!(RecordView::decode(&bytes), Some(owned.view()));
+        }
+    }
 }

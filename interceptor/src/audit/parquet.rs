@@ -39,7 +39,7 @@ use parquet::{
     schema::types::ColumnPath,
 };
 
-use super::model::{CommandEvent, SessionRecord};
+use super::model::{EventView, SessionView};
 
 /// Where the session files live under the audit directory.
 pub const SESSIONS_DIR: &str = "sessions";
@@ -304,34 +304,33 @@ trait AuditRow {
 /// Builds one file per `dt` partition of `rows` (sorted by started_at, then
 /// session_id) in `AUDIT/.staging`, fsynced. The final paths are computed,
 /// not created: [`commit`] puts the files in place.
-pub fn prepare_sessions(
+pub fn prepare_sessions<'r, 'v: 'r>(
     audit_dir: &Path,
-    rows: &[SessionRecord],
+    rows: impl IntoIterator<Item = &'r SessionView<'v>>,
 ) -> Result<Vec<Prepared>, AuditIoError> {
-    prepare(audit_dir, rows, ZSTD_LEVEL)
+    prepare(audit_dir, rows.into_iter().collect(), ZSTD_LEVEL)
 }
 
 /// Builds one file per `dt` partition of `rows` (sorted by ts, then
 /// event_id) in `AUDIT/.staging`, fsynced. See [`prepare_sessions`].
-pub fn prepare_events(
+pub fn prepare_events<'r, 'v: 'r>(
     audit_dir: &Path,
-    rows: &[CommandEvent],
+    rows: impl IntoIterator<Item = &'r EventView<'v>>,
 ) -> Result<Vec<Prepared>, AuditIoError> {
-    prepare(audit_dir, rows, ZSTD_LEVEL)
+    prepare(audit_dir, rows.into_iter().collect(), ZSTD_LEVEL)
 }
 
 fn prepare<R: AuditRow>(
     audit_dir: &Path,
-    rows: &[R],
+    mut sorted: Vec<&R>,
     zstd_level: i32,
 ) -> Result<Vec<Prepared>, AuditIoError> {
-    if rows.is_empty() {
+    if sorted.is_empty() {
         return Ok(Vec::new());
     }
     let staging = audit_dir.join(STAGING_DIR);
     fs::create_dir_all(&staging).map_err(AuditIoError::io("creating directory", &staging))?;
 
-    let mut sorted: Vec<&R> = rows.iter().collect();
     sorted.sort_unstable_by(|a, b| a.time().cmp(&b.time()).then_with(|| a.id().cmp(b.id())));
 
     let props = writer_properties::<R>(zstd_level);
@@ -480,10 +479,10 @@ pub fn read_ids(path: &Path) -> Result<Vec<String>, AuditIoError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(AuditIoError::parquet("reading", path))?;
     let schema = builder.schema().clone();
-    let column = if schema.field_with_name(CommandEvent::ID).is_ok() {
-        CommandEvent::ID
+    let column = if schema.field_with_name(EventView::ID).is_ok() {
+        EventView::ID
     } else {
-        SessionRecord::ID
+        SessionView::ID
     };
     let index = schema.index_of(column).map_err(|_| AuditIoError::Format {
         path: path.to_path_buf(),
@@ -534,7 +533,7 @@ fn done<B: arrow_array::builder::ArrayBuilder>(mut b: B) -> ArrayRef {
     b.finish()
 }
 
-impl AuditRow for SessionRecord {
+impl AuditRow for SessionView<'_> {
     const DIR: &'static str = SESSIONS_DIR;
     const ID: &'static str = "session_id";
 
@@ -543,7 +542,7 @@ impl AuditRow for SessionRecord {
     }
 
     fn id(&self) -> &str {
-        &self.session_id
+        self.session_id
     }
 
     fn schema() -> SchemaRef {
@@ -586,35 +585,35 @@ impl AuditRow for SessionRecord {
         let mut masked_values = Int64Builder::with_capacity(n);
         let mut end_reason = strings(n, 16);
         for r in rows {
-            session_id.append_value(&r.session_id);
-            host.append_value(&r.host);
+            session_id.append_value(r.session_id);
+            host.append_value(r.host);
             started_at.append_value(r.started_at);
             ended_at.append_option(r.ended_at);
-            store.append_value(&r.store);
-            protocol.append_value(&r.protocol);
-            client_addr.append_value(&r.client_addr);
-            original_dst.append_value(&r.original_dst);
-            upstream_addr.append_option(r.upstream_addr.as_deref());
+            store.append_value(r.store);
+            protocol.append_value(r.protocol);
+            client_addr.append_value(r.client_addr);
+            original_dst.append_value(r.original_dst);
+            upstream_addr.append_option(r.upstream_addr);
             pid.append_value(i64::from(r.pid));
             ppid.append_option(r.ppid.map(i64::from));
             uid.append_value(i64::from(r.uid));
             gid.append_value(i64::from(r.gid));
-            comm.append_value(&r.comm);
-            exe.append_option(r.exe.as_deref());
-            cmdline.append_option(r.cmdline.as_deref());
-            cgroup.append_option(r.cgroup.as_deref());
-            unit.append_option(r.unit.as_deref());
-            ci_job.append_option(r.ci_job.as_deref());
+            comm.append_value(r.comm);
+            exe.append_option(r.exe);
+            cmdline.append_option(r.cmdline);
+            cgroup.append_option(r.cgroup);
+            unit.append_option(r.unit);
+            ci_job.append_option(r.ci_job);
             client_tls.append_value(r.client_tls);
             upstream_tls.append_value(r.upstream_tls);
-            db_user.append_option(r.db_user.as_deref());
-            database.append_option(r.database.as_deref());
+            db_user.append_option(r.db_user);
+            database.append_option(r.database);
             bytes_up.append_value(i64_of(r.bytes_up));
             bytes_down.append_value(i64_of(r.bytes_down));
             commands.append_value(i64_of(r.commands));
             denied.append_value(i64_of(r.denied));
             masked_values.append_value(i64_of(r.masked_values));
-            end_reason.append_option(r.end_reason.as_deref());
+            end_reason.append_option(r.end_reason);
         }
         vec![
             done(session_id),
@@ -650,7 +649,7 @@ impl AuditRow for SessionRecord {
     }
 }
 
-impl AuditRow for CommandEvent {
+impl AuditRow for EventView<'_> {
     const DIR: &'static str = EVENTS_DIR;
     const ID: &'static str = "event_id";
 
@@ -659,7 +658,7 @@ impl AuditRow for CommandEvent {
     }
 
     fn id(&self) -> &str {
-        &self.event_id
+        self.event_id
     }
 
     fn schema() -> SchemaRef {
@@ -706,27 +705,27 @@ impl AuditRow for CommandEvent {
         let mut bytes_up = Int64Builder::with_capacity(n);
         let mut bytes_down = Int64Builder::with_capacity(n);
         for r in rows {
-            event_id.append_value(&r.event_id);
-            session_id.append_value(&r.session_id);
+            event_id.append_value(r.event_id);
+            session_id.append_value(r.session_id);
             seq.append_value(i64_of(r.seq));
             ts.append_value(r.ts);
             duration_us.append_option(r.duration_us);
-            host.append_value(&r.host);
-            store.append_value(&r.store);
-            protocol.append_value(&r.protocol);
+            host.append_value(r.host);
+            store.append_value(r.store);
+            protocol.append_value(r.protocol);
             pid.append_value(i64::from(r.pid));
             uid.append_value(i64::from(r.uid));
-            unit.append_option(r.unit.as_deref());
-            command.append_value(&r.command);
-            statement.append_option(r.statement.as_deref());
-            target.append_option(r.target.as_deref());
+            unit.append_option(r.unit);
+            command.append_value(r.command);
+            statement.append_option(r.statement);
+            target.append_option(r.target);
             decision.append_value(r.decision.as_str());
-            rule.append_option(r.rule.as_deref());
-            approval_id.append_option(r.approval_id.as_deref());
-            approver.append_option(r.approver.as_deref());
+            rule.append_option(r.rule);
+            approval_id.append_option(r.approval_id);
+            approver.append_option(r.approver);
             result_rows.append_option(r.rows.map(i64_of));
             masked_values.append_value(i64_of(r.masked_values));
-            error.append_option(r.error.as_deref());
+            error.append_option(r.error);
             bytes_up.append_value(i64_of(r.bytes_up));
             bytes_down.append_value(i64_of(r.bytes_down));
         }
@@ -761,7 +760,15 @@ impl AuditRow for CommandEvent {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::audit::model::Decision;
+    use crate::audit::model::{CommandEvent, Decision, EventView, SessionRecord, SessionView};
+
+    pub(crate) fn sv(rows: &[SessionRecord]) -> Vec<SessionView<'_>> {
+        rows.iter().map(SessionRecord::view).collect()
+    }
+
+    pub(crate) fn ev(rows: &[CommandEvent]) -> Vec<EventView<'_>> {
+        rows.iter().map(CommandEvent::view).collect()
+    }
 
     pub(crate) const DAY1: i64 = 1_795_946_400_000_000; // 2026-11-29T10:00:00Z
     pub(crate) const DAY2: i64 = DAY1 + US_PER_DAY; // 2026-11-30T10:00:00Z
@@ -862,8 +869,8 @@ pub(crate) mod tests {
         // Unsorted input: the writer sorts.
         sessions.reverse();
         events.reverse();
-        let mut p = prepare_sessions(dir, &sessions).unwrap();
-        p.extend(prepare_events(dir, &events).unwrap());
+        let mut p = prepare_sessions(dir, &sv(&sessions)).unwrap();
+        p.extend(prepare_events(dir, &ev(&events)).unwrap());
         commit(&p).unwrap();
         (sessions, events)
     }
@@ -1100,7 +1107,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = session(1, DAY1);
         let events: Vec<_> = (1..=3).map(|q| event(&s, q)).collect();
-        let p = prepare_events(dir.path(), &events).unwrap();
+        let p = prepare_events(dir.path(), &ev(&events)).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].rows, 3);
         assert!(p[0].tmp.starts_with(dir.path().join(STAGING_DIR)));
@@ -1115,7 +1122,7 @@ pub(crate) mod tests {
         assert!(!p[0].tmp.exists());
         assert!(p[0].final_path.exists());
         commit(&p).unwrap();
-        assert!(prepare_events(dir.path(), &[]).unwrap().is_empty());
+        assert!(prepare_events(dir.path(), &ev(&[])).unwrap().is_empty());
     }
 
     #[test]
@@ -1123,7 +1130,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(clean_staging(dir.path()).unwrap(), 0, "no staging dir yet");
         let s = session(1, DAY1);
-        let p = prepare_sessions(dir.path(), &[s.clone(), session(2, DAY2)]).unwrap();
+        let p = prepare_sessions(dir.path(), &sv(&[s.clone(), session(2, DAY2)])).unwrap();
         assert_eq!(p.len(), 2);
         assert_eq!(clean_staging(dir.path()).unwrap(), 2);
         assert!(p.iter().all(|p| !p.tmp.exists() && !p.final_path.exists()));
@@ -1135,8 +1142,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = session(1, DAY1);
         let events: Vec<_> = (1..=5).map(|q| event(&s, q)).collect();
-        let mut p = prepare_events(dir.path(), &events).unwrap();
-        p.extend(prepare_sessions(dir.path(), std::slice::from_ref(&s)).unwrap());
+        let mut p = prepare_events(dir.path(), &ev(&events)).unwrap();
+        p.extend(prepare_sessions(dir.path(), &[s.view()]).unwrap());
         commit(&p).unwrap();
         let mut ids = read_ids(&p[0].final_path).unwrap();
         ids.sort();
@@ -1154,7 +1161,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blocker = dir.path().join("file");
         fs::write(&blocker, b"x").unwrap();
-        let err = prepare_events(&blocker, &[event(&session(1, DAY1), 1)]).unwrap_err();
+        let err = prepare_events(&blocker, &[event(&session(1, DAY1), 1).view()]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("creating directory "), "{msg}");
         assert!(
@@ -1340,7 +1347,17 @@ pub(crate) mod tests {
         for level in [1, 3] {
             let mut size = 0;
             let write = best(&mut || {
-                let p = prepare(dir.path(), &events, level).unwrap();
+                let p = prepare(
+                    dir.path(),
+                    events
+                        .iter()
+                        .map(CommandEvent::view)
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .collect(),
+                    level,
+                )
+                .unwrap();
                 assert_eq!(p.iter().map(|p| p.rows).sum::<usize>(), n);
                 size = p
                     .iter()

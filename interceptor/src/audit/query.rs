@@ -1338,8 +1338,8 @@ mod tests {
         s.started_at = crate::audit::now_us();
         s.ended_at = Some(s.started_at + 2_000_000);
         let events: Vec<_> = (1..=4).map(|q| event(&s, q)).rev().collect();
-        let mut p = prepare_sessions(dir.path(), std::slice::from_ref(&s)).unwrap();
-        p.extend(prepare_events(dir.path(), &events).unwrap());
+        let mut p = prepare_sessions(dir.path(), &[s.view()]).unwrap();
+        p.extend(prepare_events(dir.path(), &crate::audit::parquet::tests::ev(&events)).unwrap());
         commit(&p).unwrap();
         write_dataset(dir.path());
 
@@ -1516,7 +1516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, events) = write_dataset(dir.path());
         // Staging leftovers must not be picked up by the globs.
-        prepare_events(dir.path(), &events).unwrap();
+        prepare_events(dir.path(), &crate::audit::parquet::tests::ev(&events)).unwrap();
         let min_ts = format_ts(events.iter().map(|e| e.ts).min().unwrap(), 6);
         let script = r#"
 import sys, duckdb, pyarrow as pa, pyarrow.dataset as ds

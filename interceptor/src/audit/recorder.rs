@@ -11,17 +11,10 @@ use serde::Serialize;
 
 use super::{
     journal::{Journal, JournalError},
+    model::RecordView,
     CommandEvent, RecordError, Recorder, SessionRecord,
 };
 use crate::config::OnFailure;
-
-/// Borrowing twin of [`super::JournalRecord`]: same variants in the same
-/// order, so bincode writes identical bytes without cloning the record.
-#[derive(Serialize)]
-enum RecordRef<'a> {
-    Session(&'a SessionRecord),
-    Event(&'a CommandEvent),
-}
 
 pub struct JournalRecorder {
     journal: Arc<Journal>,
@@ -60,12 +53,8 @@ impl JournalRecorder {
         }
     }
 
-    fn append(&self, record: RecordRef<'_>) -> Result<(), RecordError> {
-        let bytes = match bincode::serialize(&record) {
-            Ok(b) => b,
-            Err(e) => return self.failed(&e.to_string()),
-        };
-        match self.journal.append(&bytes) {
+    fn append(&self, record: RecordView<'_>) -> Result<(), RecordError> {
+        match self.journal.append(&record.encode()) {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::warn!(
@@ -105,48 +94,14 @@ fn journal_error(e: &JournalError) -> String {
 
 impl Recorder for JournalRecorder {
     fn session(&self, session: &SessionRecord) -> Result<(), RecordError> {
-        self.append(RecordRef::Session(session))
+        self.append(RecordView::Session(session.view()))
     }
 
     fn event(&self, event: &CommandEvent) -> Result<(), RecordError> {
-        self.append(RecordRef::Event(event))
+        self.append(RecordView::Event(event.view()))
     }
 
     fn available(&self) -> bool {
         self.on_failure == OnFailure::Allow || !self.failing.load(Ordering::Relaxed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::{Decision, JournalRecord};
-
-    #[test]
-    fn borrowed_records_decode_as_owned_ones() {
-        let id = crate::identity::Identity::resolve(crate::identity::KernelIdentity {
-            tgid: std::process::id(),
-            tid: std::process::id(),
-            uid: 0,
-            gid: 0,
-            comm: String::new(),
-            cgroup_id: 0,
-        });
-        let mut s = SessionRecord::open(
-            "h",
-            "db",
-            "tcp",
-            "127.0.0.1:1".parse().expect("addr"),
-            "127.0.0.1:2".parse().expect("addr"),
-            &id,
-        );
-        let e = s.event("TCP", Decision::Allow);
-        let bytes = bincode::serialize(&RecordRef::Session(&s)).expect("encode");
-        assert_eq!(
-            JournalRecord::decode(&bytes),
-            Some(JournalRecord::Session(s.clone()))
-        );
-        let bytes = bincode::serialize(&RecordRef::Event(&e)).expect("encode");
-        assert_eq!(JournalRecord::decode(&bytes), Some(JournalRecord::Event(e)));
     }
 }

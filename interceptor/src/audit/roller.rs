@@ -29,12 +29,15 @@ use serde::Serialize;
 
 use super::{
     journal::Journal,
+    model::{EventView, RecordView, SessionView},
     now_us,
     parquet::{self, Prepared},
-    CommandEvent, JournalRecord, SessionRecord,
 };
 
 const PENDING: &str = "roll.pending";
+const INTERRUPTED_SESSION: &str = "interrupted: the daemon stopped before the session ended";
+const CUT_SESSION: &str = "cut: the daemon shut down before the session ended";
+const INTERRUPTED_COMMAND: &str = "interrupted: the daemon stopped before the command completed";
 
 /// Why a roll happens; decides what becomes of sessions that are still open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,17 +108,21 @@ impl Roller {
             }
         }
         let upto = self.journal.rotate()?;
-        let mut sessions: Vec<SessionRecord> = Vec::new();
-        let mut events: Vec<CommandEvent> = Vec::new();
-        for seg in self.journal.read_sealed(upto)? {
+        // Records are views into the segment buffers: no string is copied
+        // between the journal and the Parquet writer.
+        let segments = self.journal.read_sealed(upto)?;
+        let total: usize = segments.iter().map(|s| s.records().len()).sum();
+        let mut sessions: Vec<SessionView<'_>> = Vec::new();
+        let mut events: Vec<EventView<'_>> = Vec::with_capacity(total);
+        for seg in &segments {
             for d in &seg.damage {
                 tracing::warn!(damage = %d, "audit journal damage: the intact records around it are kept");
             }
             report.damaged += seg.damage.len();
-            for bytes in &seg.records {
-                match JournalRecord::decode(bytes) {
-                    Some(JournalRecord::Session(s)) => sessions.push(s),
-                    Some(JournalRecord::Event(e)) => events.push(e),
+            for bytes in seg.records() {
+                match RecordView::decode(bytes) {
+                    Some(RecordView::Session(s)) => sessions.push(s),
+                    Some(RecordView::Event(e)) => events.push(e),
                     None => {
                         report.damaged += 1;
                         tracing::warn!(
@@ -127,90 +134,85 @@ impl Roller {
             }
         }
 
+        // From here on, records are handled by reference: a roll of a
+        // million events moves pointers, not the records.
         // A previous roll may have renamed files into place without trimming
         // the journal: those rows are already in the dataset.
         let pending = self.state_dir.join(PENDING);
         let already = self.already_rolled(&pending)?;
-        let (mut sessions, skipped_sessions) =
-            latest(sessions, |s| (&s.session_id, s.rev), &already);
-        let (mut events, skipped_events) = latest(events, |e| (&e.event_id, e.rev), &already);
+        let (sessions, skipped_sessions) = latest(&sessions, |s| (s.session_id, s.rev), &already);
+        let (events, skipped_events) = latest(&events, |e| (e.event_id, e.rev), &already);
         report.skipped_already_rolled = skipped_sessions + skipped_events;
 
         // Sessions left open: carried over (normal roll) or ended here.
-        let (closed, open): (Vec<_>, Vec<_>) = std::mem::take(&mut sessions)
-            .into_iter()
-            .partition(|s| s.is_closed());
-        let mut roll_sessions = closed;
+        let (mut roll_sessions, open): (Vec<&SessionView>, Vec<&SessionView>) =
+            sessions.into_iter().partition(|s| s.ended_at.is_some());
         let mut carry_sessions = Vec::new();
+        let mut ended_sessions: Vec<SessionView> = Vec::new();
         if mode == RollMode::Normal {
             carry_sessions = open;
         } else if !open.is_empty() {
             let reason = match mode {
-                RollMode::Recovery => "interrupted: the daemon stopped before the session ended",
-                _ => "cut: the daemon shut down before the session ended",
+                RollMode::Recovery => INTERRUPTED_SESSION,
+                _ => CUT_SESSION,
             };
-            let mut last_activity: HashMap<&str, i64> = open
-                .iter()
-                .map(|s| (s.session_id.as_str(), s.started_at))
-                .collect();
+            let mut last_activity: HashMap<&str, i64> =
+                open.iter().map(|s| (s.session_id, s.started_at)).collect();
             for e in &events {
-                if let Some(t) = last_activity.get_mut(e.session_id.as_str()) {
+                if let Some(t) = last_activity.get_mut(e.session_id) {
                     *t = (*t).max(e.ts + e.duration_us.unwrap_or(0));
                 }
             }
-            let ended: Vec<i64> = open
-                .iter()
-                .map(|s| last_activity[s.session_id.as_str()])
-                .collect();
-            for (mut s, end) in open.into_iter().zip(ended) {
-                s.ended_at = Some(end);
-                s.end_reason = Some(reason.to_string());
+            for s in open {
+                let mut s = s.clone();
+                s.ended_at = last_activity.get(s.session_id).copied();
+                s.end_reason = Some(reason);
                 s.rev += 1;
-                roll_sessions.push(s);
+                ended_sessions.push(s);
             }
         }
+        roll_sessions.extend(ended_sessions.iter());
         // Commands not done: carried with their open session, else ended here.
         let now = now_us();
-        let open_ids: HashSet<&str> = carry_sessions
-            .iter()
-            .map(|s| s.session_id.as_str())
-            .collect();
+        let open_ids: HashSet<&str> = carry_sessions.iter().map(|s| s.session_id).collect();
         let mut carry_events = Vec::new();
-        let (done, unfinished): (Vec<_>, Vec<_>) = std::mem::take(&mut events)
-            .into_iter()
-            .partition(|e| e.done);
-        let mut roll_events = done;
-        for mut e in unfinished {
-            if open_ids.contains(e.session_id.as_str()) {
+        let mut ended_events: Vec<EventView> = Vec::new();
+        let (mut roll_events, unfinished): (Vec<&EventView>, Vec<&EventView>) =
+            events.into_iter().partition(|e| e.done);
+        for e in unfinished {
+            if open_ids.contains(e.session_id) {
                 carry_events.push(e);
             } else {
+                let mut e = e.clone();
                 e.duration_us = Some((now - e.ts).max(0));
-                e.error = Some(
-                    "interrupted: the daemon stopped before the command completed".to_string(),
-                );
+                e.error = Some(INTERRUPTED_COMMAND);
                 e.done = true;
                 e.rev += 1;
-                roll_events.push(e);
+                ended_events.push(e);
             }
         }
-        drop(open_ids);
+        roll_events.extend(ended_events.iter());
 
         // Carry first: once the sealed segments are gone, this is the only copy.
-        for s in &carry_sessions {
+        let carried = carry_sessions
+            .into_iter()
+            .map(|s| RecordView::Session(s.clone()))
+            .chain(
+                carry_events
+                    .into_iter()
+                    .map(|e| RecordView::Event(e.clone())),
+            );
+        for record in carried {
             self.journal
-                .append(&JournalRecord::Session(s.clone()).encode())
+                .append(&record.encode())
                 .map_err(|e| RollError::Carry(e.to_string()))?;
+            report.carried += 1;
         }
-        for e in &carry_events {
-            self.journal
-                .append(&JournalRecord::Event(e.clone()).encode())
-                .map_err(|e| RollError::Carry(e.to_string()))?;
-        }
-        report.carried = carry_sessions.len() + carry_events.len();
 
         if !roll_sessions.is_empty() || !roll_events.is_empty() {
-            let mut prepared = parquet::prepare_sessions(&self.audit_dir, &roll_sessions)?;
-            match parquet::prepare_events(&self.audit_dir, &roll_events) {
+            let mut prepared =
+                parquet::prepare_sessions(&self.audit_dir, roll_sessions.iter().copied())?;
+            match parquet::prepare_events(&self.audit_dir, roll_events.iter().copied()) {
                 Ok(p) => prepared.extend(p),
                 Err(e) => {
                     discard(&prepared);
@@ -277,28 +279,28 @@ impl Roller {
 
 /// Keeps, per id, the version with the highest rev (the later record wins a
 /// tie), and drops ids already in the dataset, counted in the second value.
-fn latest<T>(
-    items: Vec<T>,
-    key: impl Fn(&T) -> (&String, u32),
+fn latest<'v, 'a, T>(
+    items: &'v [T],
+    key: impl Fn(&T) -> (&'a str, u32),
     skip: &HashSet<String>,
-) -> (Vec<T>, usize) {
+) -> (Vec<&'v T>, usize) {
     // Almost every id appears once or twice (decided, then done): index by
     // id, no copies of the strings.
     let mut best: HashMap<&str, (usize, u32)> = HashMap::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let (id, rev) = key(item);
-        match best.get_mut(id.as_str()) {
+        match best.get_mut(id) {
             Some(slot) if slot.1 > rev => {}
             Some(slot) => *slot = (i, rev),
             None => {
-                best.insert(id.as_str(), (i, rev));
+                best.insert(id, (i, rev));
             }
         }
     }
     let mut keep = vec![false; items.len()];
     let mut skipped = 0;
     for (id, (i, _)) in &best {
-        if skip.contains(*id) {
+        if !skip.is_empty() && skip.contains(*id) {
             skipped += 1;
         } else {
             keep[*i] = true;
@@ -306,7 +308,7 @@ fn latest<T>(
     }
     drop(best);
     let kept = items
-        .into_iter()
+        .iter()
         .zip(keep)
         .filter_map(|(item, k)| k.then_some(item))
         .collect();
@@ -348,7 +350,9 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{journal::Durability, query, Decision};
+    use crate::audit::{
+        journal::Durability, query, CommandEvent, Decision, JournalRecord, SessionRecord,
+    };
 
     fn identity() -> crate::identity::Identity {
         crate::identity::Identity::resolve(crate::identity::KernelIdentity {

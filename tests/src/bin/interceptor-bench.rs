@@ -68,6 +68,7 @@ fn main() {
 fn audit_bench() {
     use interceptor::audit::{
         journal::{Durability, Journal},
+        model::RecordView,
         roller::{RollMode, Roller},
         CommandEvent, Decision, JournalRecord,
     };
@@ -128,8 +129,8 @@ fn audit_bench() {
     let start = Instant::now();
     let mut decoded = Vec::with_capacity(n as usize);
     for seg in &segs {
-        for r in &seg.records {
-            if let Some(JournalRecord::Event(e)) = JournalRecord::decode(r) {
+        for r in seg.records() {
+            if let Some(RecordView::Event(e)) = RecordView::decode(r) {
                 decoded.push(e);
             }
         }
