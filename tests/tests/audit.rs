@@ -184,6 +184,17 @@ print(json.dumps(out))
     );
     let none = d.cli(&["replay", "00000000-0000-0000-0000-000000000000"]);
     assert!(!none.status.success());
+
+    // SIGTERM rolls what is journaled: the sixth session is there without a flush.
+    let mut d = d;
+    assert!(went_through_proxy(&d.client(&["--port", &echo.port.to_string()])[0]));
+    assert!(d.terminate().success());
+    let out = Command::new(bin())
+        .args(["audit", "sessions", "--format", "json", "--dir"])
+        .arg(d.audit_dir())
+        .output()
+        .expect("audit sessions --dir");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6, "{out:?}");
 }
 
 #[test]
