@@ -187,14 +187,20 @@ print(json.dumps(out))
 
     // SIGTERM rolls what is journaled: the sixth session is there without a flush.
     let mut d = d;
-    assert!(went_through_proxy(&d.client(&["--port", &echo.port.to_string()])[0]));
+    assert!(went_through_proxy(
+        &d.client(&["--port", &echo.port.to_string()])[0]
+    ));
     assert!(d.terminate().success());
     let out = Command::new(bin())
         .args(["audit", "sessions", "--format", "json", "--dir"])
         .arg(d.audit_dir())
         .output()
         .expect("audit sessions --dir");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6, "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        6,
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -423,28 +423,35 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// A session of this test process, as the proxy would open it (tests only).
+#[cfg(test)]
+pub(crate) fn test_session() -> SessionRecord {
+    let identity = crate::identity::Identity::resolve(crate::identity::KernelIdentity {
+        tgid: std::process::id(),
+        tid: std::process::id(),
+        uid: 0,
+        gid: 0,
+        comm: String::new(),
+        cgroup_id: 0,
+    });
+    let addr = |a: &str| a.parse().expect("test address");
+    SessionRecord::open(
+        "h",
+        "db",
+        "tcp",
+        addr("127.0.0.1:1"),
+        addr("127.0.0.1:2"),
+        &identity,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn views_encode_and_decode_like_owned_records() {
-        let id = crate::identity::Identity::resolve(crate::identity::KernelIdentity {
-            tgid: std::process::id(),
-            tid: std::process::id(),
-            uid: 0,
-            gid: 0,
-            comm: String::new(),
-            cgroup_id: 0,
-        });
-        let mut s = SessionRecord::open(
-            "h",
-            "db",
-            "tcp",
-            "127.0.0.1:1".parse().expect("a"),
-            "127.0.0.1:2".parse().expect("a"),
-            &id,
-        );
+        let mut s = test_session();
         let mut e = s.event("TCP", Decision::Allow);
         e.statement = Some("SELECT $1".into());
         e.finish(Some("boom".into()));

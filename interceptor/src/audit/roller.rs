@@ -354,17 +354,6 @@ mod tests {
         journal::Durability, query, CommandEvent, Decision, JournalRecord, SessionRecord,
     };
 
-    fn identity() -> crate::identity::Identity {
-        crate::identity::Identity::resolve(crate::identity::KernelIdentity {
-            tgid: std::process::id(),
-            tid: std::process::id(),
-            uid: 0,
-            gid: 0,
-            comm: String::new(),
-            cgroup_id: 0,
-        })
-    }
-
     struct Fixture {
         dir: tempfile::TempDir,
         journal: Arc<Journal>,
@@ -391,15 +380,7 @@ mod tests {
 
         /// A session with one finished command, both versions journaled.
         fn session(&self, closed: bool) -> (SessionRecord, CommandEvent) {
-            let id = identity();
-            let mut s = SessionRecord::open(
-                "h",
-                "db",
-                "tcp",
-                "127.0.0.1:1".parse().expect("addr"),
-                "127.0.0.1:2".parse().expect("addr"),
-                &id,
-            );
+            let mut s = crate::audit::model::test_session();
             self.append(JournalRecord::Session(s.clone()));
             let mut e = s.event("TCP", Decision::Allow);
             self.append(JournalRecord::Event(e.clone()));
