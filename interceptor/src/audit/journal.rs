@@ -78,6 +78,10 @@ pub enum Durability {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    #[error("the audit journal {} is in use by another process (pid in its lock file): two daemons must not share a daemon.state_dir; stop the other one or give this one its own", .path.display())]
+    Locked { path: PathBuf },
+    #[error("cannot lock the audit journal {}: {source}", .path.display())]
+    Lock { path: PathBuf, source: io::Error },
     #[error("cannot create the audit journal directory {}: {source}; make sure daemon.state_dir is on a writable filesystem", .path.display())]
     CreateDir { path: PathBuf, source: io::Error },
     #[error("cannot list the audit journal directory {}: {source}; check its permissions", .path.display())]
@@ -184,6 +188,10 @@ pub struct JournalStats {
 pub struct Journal {
     shared: Arc<Shared>,
     fsync_thread: Option<JoinHandle<()>>,
+    /// Holds an exclusive flock on `dir/lock` for the journal's lifetime; the
+    /// kernel drops it when the process dies, so a restart after kill -9
+    /// takes over at once.
+    _lock: File,
 }
 
 /// What the appenders and the fsync thread share.
@@ -275,6 +283,7 @@ impl Journal {
                 path: dir.to_path_buf(),
                 source,
             })?;
+        let lock = lock_dir(dir)?;
         let highest = list_segments(dir)?.last().map_or(0, |(seq, _)| *seq);
         let mut seq = highest
             .checked_add(1)
@@ -312,6 +321,7 @@ impl Journal {
         Ok(Journal {
             shared,
             fsync_thread,
+            _lock: lock,
         })
     }
 
@@ -638,6 +648,40 @@ fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 /// Segment files in `dir`, by seq. Other files are ignored.
+/// Takes the journal's exclusive lock (`dir/lock`, holding the owner's pid).
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let err = |source| JournalError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            JournalError::Locked {
+                path: dir.to_path_buf(),
+            }
+        } else {
+            err(e)
+        });
+    }
+    file.set_len(0)
+        .and_then(|_| write!(file, "{}", std::process::id()))
+        .map_err(err)?;
+    Ok(file)
+}
+
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     let list_err = |source| JournalError::ListDir {
         path: dir.to_path_buf(),
@@ -812,6 +856,19 @@ mod tests {
     use std::collections::HashSet;
     use std::process::Command;
     use std::time::Instant;
+
+    #[test]
+    fn a_second_journal_on_the_same_directory_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let first = Journal::open(tmp.path(), Durability::Batched).expect("open");
+        let second = Journal::open(tmp.path(), Durability::Batched);
+        assert!(
+            matches!(second, Err(JournalError::Locked { .. })),
+            "the second open must be refused"
+        );
+        drop(first);
+        Journal::open(tmp.path(), Durability::Batched).expect("free again once the first is gone");
+    }
 
     /// [`decode`] with each record copied out, for comparisons.
     fn decode_owned(buf: &[u8]) -> (Vec<Vec<u8>>, Vec<(u64, DamageKind)>) {
