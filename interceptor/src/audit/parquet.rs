@@ -301,6 +301,33 @@ trait AuditRow {
     fn no_dictionary() -> &'static [&'static str];
 }
 
+/// Where the writer gets a row from. A row can be at hand (`&SessionView`,
+/// `&EventView`) or produced on demand, one batch at a time, so the roller
+/// never holds a million decoded records: only their sort keys.
+pub trait RowSource<R> {
+    /// started_at / ts: rows are sorted and partitioned by it.
+    fn time(&self) -> i64;
+    /// session_id / event_id: the tie-breaker of the sort.
+    fn id(&self) -> &str;
+    /// The row itself; `None` drops it (a source that can no longer produce
+    /// its row, which the caller has already validated against).
+    fn row(&self) -> Option<R>;
+}
+
+impl<R: AuditRow + Clone> RowSource<R> for &R {
+    fn time(&self) -> i64 {
+        AuditRow::time(*self)
+    }
+
+    fn id(&self) -> &str {
+        AuditRow::id(*self)
+    }
+
+    fn row(&self) -> Option<R> {
+        Some((*self).clone())
+    }
+}
+
 /// Builds one file per `dt` partition of `rows` (sorted by started_at, then
 /// session_id) in `AUDIT/.staging`, fsynced. The final paths are computed,
 /// not created: [`commit`] puts the files in place.
@@ -308,7 +335,7 @@ pub fn prepare_sessions<'r, 'v: 'r>(
     audit_dir: &Path,
     rows: impl IntoIterator<Item = &'r SessionView<'v>>,
 ) -> Result<Vec<Prepared>, AuditIoError> {
-    prepare(audit_dir, rows.into_iter().collect(), ZSTD_LEVEL)
+    prepare::<SessionView<'v>, _>(audit_dir, rows.into_iter().collect(), ZSTD_LEVEL)
 }
 
 /// Builds one file per `dt` partition of `rows` (sorted by ts, then
@@ -317,12 +344,28 @@ pub fn prepare_events<'r, 'v: 'r>(
     audit_dir: &Path,
     rows: impl IntoIterator<Item = &'r EventView<'v>>,
 ) -> Result<Vec<Prepared>, AuditIoError> {
-    prepare(audit_dir, rows.into_iter().collect(), ZSTD_LEVEL)
+    prepare::<EventView<'v>, _>(audit_dir, rows.into_iter().collect(), ZSTD_LEVEL)
 }
 
-fn prepare<R: AuditRow>(
+/// [`prepare_sessions`] from any row source.
+pub fn prepare_sessions_from<'v, S: RowSource<SessionView<'v>>>(
     audit_dir: &Path,
-    mut sorted: Vec<&R>,
+    rows: Vec<S>,
+) -> Result<Vec<Prepared>, AuditIoError> {
+    prepare::<SessionView<'v>, S>(audit_dir, rows, ZSTD_LEVEL)
+}
+
+/// [`prepare_events`] from any row source.
+pub fn prepare_events_from<'v, S: RowSource<EventView<'v>>>(
+    audit_dir: &Path,
+    rows: Vec<S>,
+) -> Result<Vec<Prepared>, AuditIoError> {
+    prepare::<EventView<'v>, S>(audit_dir, rows, ZSTD_LEVEL)
+}
+
+fn prepare<R: AuditRow, S: RowSource<R>>(
+    audit_dir: &Path,
+    mut sorted: Vec<S>,
     zstd_level: i32,
 ) -> Result<Vec<Prepared>, AuditIoError> {
     if sorted.is_empty() {
@@ -349,7 +392,7 @@ fn prepare<R: AuditRow>(
             .join(R::DIR)
             .join(format!("dt={}", day_name(day)))
             .join(format!("part-{id}.parquet"));
-        if let Err(e) = write_file::<R>(&tmp, part, props.clone()) {
+        if let Err(e) = write_file::<R, S>(&tmp, part, props.clone()) {
             let _ = fs::remove_file(&tmp);
             for p in &prepared {
                 let _ = fs::remove_file(&p.tmp);
@@ -378,17 +421,21 @@ fn writer_properties<R: AuditRow>(zstd_level: i32) -> WriterProperties {
     b.build()
 }
 
-fn write_file<R: AuditRow>(
+fn write_file<R: AuditRow, S: RowSource<R>>(
     tmp: &Path,
-    rows: &[&R],
+    rows: &[S],
     props: WriterProperties,
 ) -> Result<(), AuditIoError> {
     let file = File::create(tmp).map_err(AuditIoError::io("creating", tmp))?;
     let out = BufWriter::with_capacity(1 << 20, file);
     let mut writer = ArrowWriter::try_new(out, R::schema(), Some(props))
         .map_err(AuditIoError::parquet("writing", tmp))?;
+    let mut batch_rows: Vec<R> = Vec::with_capacity(BATCH_ROWS);
     for chunk in rows.chunks(BATCH_ROWS) {
-        let batch = RecordBatch::try_new(R::schema(), R::columns(chunk))
+        batch_rows.clear();
+        batch_rows.extend(chunk.iter().filter_map(RowSource::row));
+        let refs: Vec<&R> = batch_rows.iter().collect();
+        let batch = RecordBatch::try_new(R::schema(), R::columns(&refs))
             .map_err(AuditIoError::arrow("building a record batch for", tmp))?;
         writer
             .write(&batch)

@@ -112,8 +112,11 @@ impl Roller {
         // between the journal and the Parquet writer.
         let segments = self.journal.read_sealed(upto)?;
         let total: usize = segments.iter().map(|s| s.records().len()).sum();
+        // Sessions are few and kept as views; commands are many and kept as
+        // compact entries pointing into the segment buffers (decoded again,
+        // a batch at a time, when the Parquet file is written).
         let mut sessions: Vec<SessionView<'_>> = Vec::new();
-        let mut events: Vec<EventView<'_>> = Vec::with_capacity(total);
+        let mut events: Vec<EventEntry<'_>> = Vec::with_capacity(total);
         for seg in &segments {
             for d in &seg.damage {
                 tracing::warn!(damage = %d, "audit journal damage: the intact records around it are kept");
@@ -122,7 +125,7 @@ impl Roller {
             for bytes in seg.records() {
                 match RecordView::decode(bytes) {
                     Some(RecordView::Session(s)) => sessions.push(s),
-                    Some(RecordView::Event(e)) => events.push(e),
+                    Some(RecordView::Event(e)) => events.push(EventEntry::new(bytes, &e)),
                     None => {
                         report.damaged += 1;
                         tracing::warn!(
@@ -134,8 +137,6 @@ impl Roller {
             }
         }
 
-        // From here on, records are handled by reference: a roll of a
-        // million events moves pointers, not the records.
         // A previous roll may have renamed files into place without trimming
         // the journal: those rows are already in the dataset.
         let pending = self.state_dir.join(PENDING);
@@ -160,7 +161,7 @@ impl Roller {
                 open.iter().map(|s| (s.session_id, s.started_at)).collect();
             for e in &events {
                 if let Some(t) = last_activity.get_mut(e.session_id) {
-                    *t = (*t).max(e.ts + e.duration_us.unwrap_or(0));
+                    *t = (*t).max(e.end);
                 }
             }
             for s in open {
@@ -177,42 +178,42 @@ impl Roller {
         let open_ids: HashSet<&str> = carry_sessions.iter().map(|s| s.session_id).collect();
         let mut carry_events = Vec::new();
         let mut ended_events: Vec<EventView> = Vec::new();
-        let (mut roll_events, unfinished): (Vec<&EventView>, Vec<&EventView>) =
-            events.into_iter().partition(|e| e.done);
-        for e in unfinished {
-            if open_ids.contains(e.session_id) {
+        let mut roll_events: Vec<EventRow> = Vec::with_capacity(events.len());
+        for e in events {
+            if e.done {
+                roll_events.push(EventRow::Journal(e));
+            } else if open_ids.contains(e.session_id) {
                 carry_events.push(e);
-            } else {
-                let mut e = e.clone();
-                e.duration_us = Some((now - e.ts).max(0));
-                e.error = Some(INTERRUPTED_COMMAND);
-                e.done = true;
-                e.rev += 1;
-                ended_events.push(e);
+            } else if let Some(RecordView::Event(mut v)) = RecordView::decode(e.bytes) {
+                v.duration_us = Some((now - v.ts).max(0));
+                v.error = Some(INTERRUPTED_COMMAND);
+                v.done = true;
+                v.rev += 1;
+                ended_events.push(v);
             }
         }
-        roll_events.extend(ended_events.iter());
+        roll_events.extend(ended_events.iter().map(EventRow::Ended));
 
         // Carry first: once the sealed segments are gone, this is the only copy.
-        let carried = carry_sessions
-            .into_iter()
-            .map(|s| RecordView::Session(s.clone()))
-            .chain(
-                carry_events
-                    .into_iter()
-                    .map(|e| RecordView::Event(e.clone())),
-            );
-        for record in carried {
+        for s in carry_sessions {
             self.journal
-                .append(&record.encode())
+                .append(&RecordView::Session(s.clone()).encode())
                 .map_err(|e| RollError::Carry(e.to_string()))?;
             report.carried += 1;
         }
+        for e in carry_events {
+            self.journal
+                .append(e.bytes)
+                .map_err(|e| RollError::Carry(e.to_string()))?;
+            report.carried += 1;
+        }
+        report.sessions = roll_sessions.len();
+        report.events = roll_events.len();
 
-        if !roll_sessions.is_empty() || !roll_events.is_empty() {
+        if report.sessions + report.events > 0 {
             let mut prepared =
                 parquet::prepare_sessions(&self.audit_dir, roll_sessions.iter().copied())?;
-            match parquet::prepare_events(&self.audit_dir, roll_events.iter().copied()) {
+            match parquet::prepare_events_from(&self.audit_dir, roll_events) {
                 Ok(p) => prepared.extend(p),
                 Err(e) => {
                     discard(&prepared);
@@ -242,8 +243,6 @@ impl Roller {
                 })
             }
         }
-        report.sessions = roll_sessions.len();
-        report.events = roll_events.len();
         report.millis = started.elapsed().as_millis();
         Ok(report)
     }
@@ -313,6 +312,67 @@ fn latest<'v, 'a, T>(
         .filter_map(|(item, k)| k.then_some(item))
         .collect();
     (kept, skipped)
+}
+
+/// What the roller keeps of a journaled command: merge and sort keys, and
+/// where its bytes are.
+#[derive(Clone, Copy)]
+struct EventEntry<'a> {
+    bytes: &'a [u8],
+    event_id: &'a str,
+    session_id: &'a str,
+    ts: i64,
+    /// When it finished (or was decided, if it never did).
+    end: i64,
+    rev: u32,
+    done: bool,
+}
+
+impl<'a> EventEntry<'a> {
+    fn new(bytes: &'a [u8], e: &EventView<'a>) -> Self {
+        EventEntry {
+            bytes,
+            event_id: e.event_id,
+            session_id: e.session_id,
+            ts: e.ts,
+            end: e.ts + e.duration_us.unwrap_or(0),
+            rev: e.rev,
+            done: e.done,
+        }
+    }
+}
+
+/// A command row for the Parquet writer: journaled as is, or ended here.
+enum EventRow<'e, 'a> {
+    Journal(&'e EventEntry<'a>),
+    Ended(&'e EventView<'a>),
+}
+
+impl<'a> parquet::RowSource<EventView<'a>> for EventRow<'_, 'a> {
+    fn time(&self) -> i64 {
+        match self {
+            EventRow::Journal(e) => e.ts,
+            EventRow::Ended(v) => v.ts,
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            EventRow::Journal(e) => e.event_id,
+            EventRow::Ended(v) => v.event_id,
+        }
+    }
+
+    fn row(&self) -> Option<EventView<'a>> {
+        match self {
+            // Decoded once already when the entry was made.
+            EventRow::Journal(e) => match RecordView::decode(e.bytes) {
+                Some(RecordView::Event(v)) => Some(v),
+                _ => None,
+            },
+            EventRow::Ended(v) => Some((*v).clone()),
+        }
+    }
 }
 
 fn write_pending(path: &Path, prepared: &[Prepared]) -> Result<(), RollError> {
