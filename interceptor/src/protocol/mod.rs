@@ -2,4 +2,5 @@
 //! original destination and the session record, runs the session to its end
 //! and returns why it ended.
 
+pub mod postgres;
 pub mod tcp;

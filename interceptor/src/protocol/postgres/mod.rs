@@ -1,0 +1,26 @@
+//! The `postgres` protocol: PostgreSQL frontend/backend protocol v3.
+//!
+//! So far only the codec: framing ([`codec`]), the client's messages
+//! ([`frontend`]) and the server's ([`backend`]), all parsed in place over
+//! `bytes::Bytes`. The session handler (TLS, auth relay, policy, masking,
+//! audit) builds on it.
+
+pub mod backend;
+pub mod codec;
+pub mod frontend;
+
+#[cfg(test)]
+mod tests;
+
+pub use backend::{
+    error_response, ready_for_query, strip_channel_binding, Authentication, BackendMessage,
+    DataRow, ErrorResponse, Field, NoticeResponse, ReadyForQuery, RowDescription,
+    TransactionStatus,
+};
+pub use codec::{
+    decode_frame, decode_startup, is_direct_tls, CodecError, Format, Frame, Message, PgStr,
+    StartupFrame, DEFAULT_MAX_BACKEND_MESSAGE, DEFAULT_MAX_MESSAGE, MAX_STARTUP_MESSAGE,
+};
+pub use frontend::{
+    Bind, CancelRequest, FrontendMessage, Parse, PasswordMessage, Query, Startup, Target,
+};
