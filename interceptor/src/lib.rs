@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod identity;
+pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod redirect;

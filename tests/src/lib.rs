@@ -21,6 +21,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod pg;
+
 pub const PYTHON: &str = "/usr/bin/python3";
 
 pub fn require_root() {

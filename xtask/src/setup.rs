@@ -23,8 +23,15 @@ pub const APT_PACKAGES: &[&str] = &[
     "redis-server",
     "redis-tools",
     "postgresql-client",
+    "openssl",
     "hyperfine",
 ];
+
+/// Accounts the PostgreSQL test harness (tests/src/pg.rs) runs initdb and
+/// postgres as (initdb refuses root): Debian's `postgres` when the server
+/// package made it, else this dedicated system user, created by setup.
+const PG_SERVER_USERS: &[&str] = &["postgres", "interceptor-pg"];
+const PG_TEST_USER: &str = "interceptor-pg";
 
 /// How setup tells whether a PyPI package is already present.
 pub enum PyCheck {
@@ -111,6 +118,7 @@ pub fn setup(opts: Options) -> Result<()> {
     s.bpf_linker(&nightly)?;
     s.apt_packages()?;
     s.pypi_packages()?;
+    s.pg_server_user()?;
     s.bpffs()?;
 
     println!();
@@ -407,6 +415,27 @@ impl Setup {
         Ok(())
     }
 
+    fn pg_server_user(&mut self) -> Result<()> {
+        let name = "user for test PostgreSQL servers";
+        // --force never recreates an account: useradd would fail on it.
+        if let Some(user) = PG_SERVER_USERS.iter().copied().find(|u| user_exists(u)) {
+            self.record(name, Status::Fixed(user));
+            return Ok(());
+        }
+        self.need_root("creating a system user")?;
+        step(format!("creating the system user {PG_TEST_USER}"));
+        self.exec(Command::new("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            PG_TEST_USER,
+        ]))
+        .with_context(|| format!("could not create the system user {PG_TEST_USER}"))?;
+        self.record(name, self.done_as(PG_TEST_USER));
+        Ok(())
+    }
+
     fn bpffs(&mut self) -> Result<()> {
         let mounts = fs::read_to_string("/proc/mounts").context("could not read /proc/mounts")?;
         // --force never stacks a second bpffs over a live one (it would hide the pins).
@@ -472,6 +501,10 @@ fn apt() -> Command {
 fn dpkg_installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_ok_and(|s| s.trim() == "install ok installed")
+}
+
+fn user_exists(name: &str) -> bool {
+    succeeds(Command::new("getent").args(["passwd", name]))
 }
 
 fn bpffs_mounted(mounts: &str) -> bool {
