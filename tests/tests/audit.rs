@@ -563,3 +563,44 @@ fn no_secret_reaches_the_parquet_files() {
         .unwrap_or_default()
         .contains("777"));
 }
+
+#[test]
+fn a_client_that_vanishes_mid_session_is_recorded_with_its_bytes() {
+    require_root();
+    let cg = TestCgroup::new("vanish");
+    let echo = EchoServer::start(&["127.0.0.1"]);
+    let d = Daemon::start(
+        "vanish",
+        &cg,
+        926,
+        &[tcp_store("echo", &[format!("127.0.0.1:{}", echo.port)])],
+    );
+    // Send 5000 bytes, then reset the connection instead of closing it.
+    let code = format!(
+        "import socket, struct, time\ns=socket.socket()\ns.connect(('127.0.0.1',{}))\ns.recv(64)\ns.sendall(b'x'*5000)\ntime.sleep(0.3)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\ns.close()",
+        echo.port
+    );
+    let out = d.exec(&[PYTHON, "-c", &code]).output().expect("client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon notices the reset, closes the session and keeps serving.
+    thread::sleep(Duration::from_millis(300));
+    assert!(went_through_proxy(
+        &d.client(&["--port", &echo.port.to_string()])[0]
+    ));
+    d.flush();
+    let sessions = d.audit_rows("sessions", &[]);
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let vanished = sessions
+        .iter()
+        .find(|s| s["bytes_up"] == 5000)
+        .unwrap_or_else(|| {
+            panic!("no session with the 5000 bytes sent before the reset: {sessions:?}")
+        });
+    assert!(vanished["ended_at"].is_string(), "{vanished}");
+    let events = d.audit_rows("events", &[]);
+    assert!(events.iter().any(|e| e["bytes_up"] == 5000), "{events:?}");
+}

@@ -3,9 +3,15 @@
 //! session is one command event (`TCP`, target = the dialled address),
 //! journaled before the first byte is forwarded.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
-use tokio::{io::copy_bidirectional_with_sizes, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use crate::{
     audit::{Decision, Recorder, SessionRecord},
@@ -76,19 +82,82 @@ pub async fn serve(
         return;
     }
     let _ = client.set_nodelay(true);
-    let (reason, error) =
-        match copy_bidirectional_with_sizes(&mut client, &mut server, BUF, BUF).await {
-            Ok((up, down)) => {
-                (event.bytes_up, event.bytes_down) = (up, down);
-                (session.bytes_up, session.bytes_down) = (up, down);
-                ("closed".to_string(), None)
-            }
-            Err(e) => (format!("relay error: {e}"), Some(e.to_string())),
-        };
+    let relayed = relay(&mut client, &mut server).await;
+    (event.bytes_up, event.bytes_down) = (relayed.up, relayed.down);
+    (session.bytes_up, session.bytes_down) = (relayed.up, relayed.down);
+    let (reason, error) = match relayed.error {
+        None => ("closed".to_string(), None),
+        Some(e) => (format!("relay error: {e}"), Some(e)),
+    };
     event.finish(error);
     if let Err(e) = recorder.event(&event) {
         tracing::warn!(session_id = %session.session_id, error = %e, "command outcome not recorded");
     }
     session.close(reason);
     record_session(recorder, &session);
+}
+
+/// Bytes each way, and the first error if a direction failed.
+struct Relayed {
+    up: u64,
+    down: u64,
+    error: Option<String>,
+}
+
+/// Copies both ways until both sides have closed, passing each EOF on as a
+/// half-close. Byte counts survive an error, so the audit trail records how
+/// much crossed before a peer vanished.
+async fn relay(client: &mut TcpStream, server: &mut TcpStream) -> Relayed {
+    let (mut client_r, mut client_w) = client.split();
+    let (mut server_r, mut server_w) = server.split();
+    let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let up = pump(&mut client_r, &mut server_w, &up_bytes);
+    let down = pump(&mut server_r, &mut client_w, &down_bytes);
+    tokio::pin!(up, down);
+    // A clean EOF one way waits for the other way (half-close); an error
+    // ends the session at once, like a peer that vanished.
+    let error = tokio::select! {
+        e = &mut up => match e {
+            None => down.await,
+            Some(e) => Some(e),
+        },
+        e = &mut down => match e {
+            None => up.await,
+            Some(e) => Some(e),
+        },
+    };
+    Relayed {
+        up: up_bytes.load(Ordering::Relaxed),
+        down: down_bytes.load(Ordering::Relaxed),
+        error,
+    }
+}
+
+/// One direction: read, write, count; shut the writer down at EOF.
+async fn pump<R, W>(from: &mut R, to: &mut W, count: &AtomicU64) -> Option<String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = to.shutdown().await;
+                return Some(e.to_string());
+            }
+        };
+        if let Err(e) = to.write_all(&buf[..n]).await {
+            return Some(e.to_string());
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    match to.shutdown().await {
+        Ok(()) => None,
+        // The other side already went away: the data was delivered.
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => None,
+        Err(e) => Some(e.to_string()),
+    }
 }
