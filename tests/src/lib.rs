@@ -58,15 +58,9 @@ pub fn client_script() -> PathBuf {
     workspace_root().join("tests/scripts/client.py")
 }
 
+/// The cgroup v2 mount, found the way the daemon finds it.
 fn cgroup2_mount() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/mounts").expect("/proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup v2 mount")
+    interceptor::redirect::cgroup::cgroup2_mount().expect("a cgroup v2 mount")
 }
 
 /// A child cgroup made for one test, removed (with any process left in it,

@@ -10,9 +10,7 @@ use std::sync::{
 use serde::Serialize;
 
 use super::{
-    journal::{Journal, JournalError},
-    model::RecordView,
-    CommandEvent, RecordError, Recorder, SessionRecord,
+    journal::Journal, model::RecordView, CommandEvent, RecordError, Recorder, SessionRecord,
 };
 use crate::config::OnFailure;
 
@@ -63,7 +61,7 @@ impl JournalRecorder {
                 }
                 Ok(())
             }
-            Err(e) => self.failed(&journal_error(&e)),
+            Err(e) => self.failed(&e.to_string()),
         }
     }
 
@@ -86,10 +84,6 @@ impl JournalRecorder {
             }
         }
     }
-}
-
-fn journal_error(e: &JournalError) -> String {
-    e.to_string()
 }
 
 impl Recorder for JournalRecorder {

@@ -42,10 +42,7 @@ pub async fn serve(
         Upstream::Connected(r) => r,
         Upstream::AfterJournal(connector, addr) => {
             if !record_session(recorder, &session) {
-                reset(client);
-                session.close(REFUSED);
-                record_session(recorder, &session);
-                return;
+                return refuse(client, session, recorder);
             }
             connector
                 .connect(addr)
@@ -74,12 +71,9 @@ pub async fn serve(
     event.target = Some(session.original_dst.clone());
     // Write-before-forward: nothing is relayed unless the journal took both.
     if !record_session(recorder, &session) || recorder.event(&event).is_err() {
-        reset(client);
         drop(server);
         session.commands = 0;
-        session.close(REFUSED);
-        record_session(recorder, &session);
-        return;
+        return refuse(client, session, recorder);
     }
     let _ = client.set_nodelay(true);
     let relayed = relay(&mut client, &mut server).await;
@@ -94,6 +88,14 @@ pub async fn serve(
         tracing::warn!(session_id = %session.session_id, error = %e, "command outcome not recorded");
     }
     session.close(reason);
+    record_session(recorder, &session);
+}
+
+/// Ends a session the audit journal could not take: reset the client, and
+/// try to record why (it succeeds once the journal is writable again).
+fn refuse(client: TcpStream, mut session: SessionRecord, recorder: &dyn Recorder) {
+    reset(client);
+    session.close(REFUSED);
     record_session(recorder, &session);
 }
 

@@ -55,13 +55,7 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
 }
 
 fn is_cgroup2(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    super::sys::fs_magic(path).is_ok_and(|m| m == CGROUP2_SUPER_MAGIC)
 }
 
 /// Resolves `daemon.cgroup`. An absolute path must already exist (it is the

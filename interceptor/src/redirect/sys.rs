@@ -82,15 +82,20 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
-/// Whether `path` is on a bpf filesystem.
-pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+/// The filesystem type (`statfs(2)` f_type) of `path`.
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
     let cpath = c_path(path)?;
     // SAFETY: statfs writes into the zeroed struct we pass.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(cpath.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+    Ok(st.f_type as i64)
+}
+
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+    Ok(fs_magic(path)? == BPF_FS_MAGIC)
 }
 
 /// Mounts a bpf filesystem at `path` (fresh machines often have none).
