@@ -21,8 +21,11 @@ use crate::{
     },
     config::{self, Config},
     control,
+    policy::rules::Policy,
+    protocol::postgres::{masking::StoreMasks, session::PgStore},
     proxy::{self, Proxy, Stats, UpstreamConnector},
     redirect::{self, stores, InstallSpec, Redirector},
+    tls::LocalCa,
 };
 
 /// How long open sessions may run on after SIGTERM.
@@ -93,6 +96,7 @@ async fn run_async(cfg: Config) -> Result<()> {
         }
     }
     let recorder = Arc::new(JournalRecorder::new(journal.clone(), cfg.audit.on_failure));
+    let pg = postgres_stores(&cfg, &key)?;
 
     let (resolved, failures) = resolve(cfg.stores.clone()).await;
     for f in &failures {
@@ -114,7 +118,10 @@ async fn run_async(cfg: Config) -> Result<()> {
         "attached: connects to stores from this cgroup are now intercepted"
     );
     for store in &cfg.stores {
-        if store.protocol != crate::config::Protocol::Tcp {
+        if !matches!(
+            store.protocol,
+            crate::config::Protocol::Tcp | crate::config::Protocol::Postgres
+        ) {
             tracing::warn!(
                 store = %store.name,
                 protocol = %store.protocol,
@@ -134,6 +141,8 @@ async fn run_async(cfg: Config) -> Result<()> {
         },
         host: audit::hostname(),
         stats: Stats::default(),
+        policy: Policy::new(&cfg.rules),
+        pg,
     });
     let redirector = Arc::new(Mutex::new(redirector));
 
@@ -371,4 +380,36 @@ fn notify_systemd(state: &str) {
     if let Err(e) = result {
         tracing::warn!(error = %e, "sd_notify failed");
     }
+}
+
+/// The `postgres` stores, ready to serve: masks compiled, upstream TLS
+/// configured, and the local CA (created on first start) for client TLS.
+fn postgres_stores(
+    cfg: &Config,
+    key: &HostKey,
+) -> Result<std::collections::HashMap<String, Arc<PgStore>>> {
+    let mut out = std::collections::HashMap::new();
+    let pg_stores: Vec<_> = cfg
+        .stores
+        .iter()
+        .filter(|s| s.protocol == crate::config::Protocol::Postgres)
+        .collect();
+    if pg_stores.is_empty() {
+        return Ok(out);
+    }
+    let ca = LocalCa::load_or_create(&cfg.daemon.state_dir).with_context(|| {
+        format!(
+            "cannot load or create the local CA under {}",
+            cfg.daemon.state_dir.display()
+        )
+    })?;
+    tracing::info!(ca = %ca.cert_path().display(), "local CA ready: clients verify the proxy with it (`interceptor ca export`)");
+    for store in pg_stores {
+        let masks = StoreMasks::new(&store.name, &cfg.masks, key.clone())
+            .with_context(|| format!("store {}: masks", store.name))?;
+        let pg = PgStore::new(store, masks, Some(ca.clone()), cfg.audit.statements)
+            .with_context(|| format!("store {}: upstream TLS", store.name))?;
+        out.insert(store.name.clone(), Arc::new(pg));
+    }
+    Ok(out)
 }

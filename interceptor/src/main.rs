@@ -18,7 +18,7 @@ use interceptor::{
         Decision,
     },
     config::{self, Config},
-    control, daemon, redirect,
+    control, daemon, redirect, tls,
 };
 
 const DEFAULT_CONFIG: &str = "/etc/interceptor/interceptor.toml";
@@ -84,6 +84,26 @@ enum Command {
         /// (the config is then not read).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// The local CA that signs the certificates shown to tasks.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM) for the tasks' trust stores, creating
+    /// the CA under daemon.state_dir if the daemon has not yet.
+    Export {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the path of the CA certificate (creating the CA likewise).
+    Path {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -191,6 +211,7 @@ fn main() -> ExitCode {
             config,
             dir,
         } => replay(&config, dir.as_deref(), &session_id),
+        Command::Ca { command } => ca(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -384,6 +405,18 @@ fn audit_hash(path: &Path, value: &str) -> Result<()> {
     let cfg = load(path)?;
     let key = audit::hostkey::HostKey::load(&cfg.daemon.state_dir)?;
     println!("{}", key.hash(value.as_bytes()));
+    Ok(())
+}
+
+/// Creating the CA here too lets operators provision trust stores before
+/// the daemon's first start; the daemon then loads the same CA.
+fn ca(command: CaCommand) -> Result<()> {
+    let (CaCommand::Export { config } | CaCommand::Path { config }) = &command;
+    let ca = tls::LocalCa::load_or_create(&load(config)?.daemon.state_dir)?;
+    match command {
+        CaCommand::Export { .. } => println!("{}", ca.cert_pem().trim_end()),
+        CaCommand::Path { .. } => println!("{}", ca.cert_path().display()),
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! handler.
 
 use std::{
+    collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
     sync::{
@@ -25,7 +26,8 @@ use crate::{
     audit::{self, hostkey::redact_cmdline, hostkey::HostKey, Recorder, SessionRecord},
     config::{Protocol, StoreConfig},
     identity::{Identity, KernelIdentity},
-    protocol,
+    policy::rules::Policy,
+    protocol::{self, postgres::session::PgStore},
     redirect::{stores, PeerTable},
 };
 
@@ -77,6 +79,10 @@ pub struct Proxy {
     pub upstream: UpstreamConnector,
     pub host: String,
     pub stats: Stats,
+    /// Every `[[rule]]`, narrowed per session to its store and process.
+    pub policy: Policy,
+    /// The `postgres` stores, by name.
+    pub pg: HashMap<String, Arc<PgStore>>,
 }
 
 /// Binds the listener address and its loopback twin of the other family
@@ -179,7 +185,9 @@ impl Proxy {
         let kernel = kernel_identity(&record);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         match store.protocol {
-            Protocol::Tcp => {
+            Protocol::Tcp | Protocol::Postgres
+                if store.protocol == Protocol::Tcp || self.pg.contains_key(&store.name) =>
+            {
                 let (upstream, identity) = if self.recorder.available() {
                     // The upstream handshake and the /proc reads overlap:
                     // connect is started first, identity is read meanwhile.
@@ -199,7 +207,21 @@ impl Proxy {
                     )
                 };
                 let session = self.new_session(store, peer, original_dst, &identity);
-                protocol::tcp::serve(client, upstream, session, &*self.recorder).await;
+                match self.pg.get(&store.name) {
+                    Some(pg) => {
+                        let policy = self.policy.for_session(&store.name, &identity);
+                        protocol::postgres::session::serve(
+                            client,
+                            upstream,
+                            session,
+                            pg.clone(),
+                            policy,
+                            self.recorder.clone(),
+                        )
+                        .await
+                    }
+                    None => protocol::tcp::serve(client, upstream, session, &*self.recorder).await,
+                }
             }
             other => {
                 // No handler for this protocol yet: relaying raw bytes would

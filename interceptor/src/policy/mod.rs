@@ -5,6 +5,8 @@
 //! functions so that the session handlers stay thin and the decisions are
 //! testable without a server.
 
+pub mod mask_sql;
+pub mod rules;
 pub mod sql;
 
 #[cfg(test)]

@@ -87,6 +87,15 @@ pub struct StatementInfo {
 /// Analyzes SQL text as PostgreSQL would receive it in a simple Query or a
 /// Parse message. Never panics; empty text gives zero statements.
 pub fn analyze(sql: &str) -> Analysis {
+    analyze_parsed(sql).0
+}
+
+/// [`analyze`], and also the parsed statements for checks that need the
+/// whole tree (column masking, [`super::mask_sql`]). The second vector is
+/// aligned with [`Analysis::statements`]: entry `i` is the AST of statement
+/// `i`, or `None` when that statement did not parse (or was too complex to
+/// parse safely).
+pub fn analyze_parsed(sql: &str) -> (Analysis, Vec<Option<Statement>>) {
     let dialect = PostgreSqlDialect {};
     let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
         Ok(tokens) => tokens,
@@ -103,14 +112,19 @@ pub fn analyze(sql: &str) -> Analysis {
                     ..StatementInfo::default()
                 }]
             };
-            return Analysis {
-                statements,
-                unparsable: Some(error),
-            };
+            let parsed = statements.iter().map(|_| None).collect();
+            return (
+                Analysis {
+                    statements,
+                    unparsable: Some(error),
+                },
+                parsed,
+            );
         }
     };
 
     let mut analysis = Analysis::default();
+    let mut asts = Vec::new();
     for piece in split_statements(tokens) {
         let token_kind = kind_from_tokens(&piece);
         let operators = operator_count(&piece);
@@ -124,6 +138,7 @@ pub fn analyze(sql: &str) -> Analysis {
                 error: Some(error),
                 ..StatementInfo::default()
             });
+            asts.push(None);
             continue;
         }
         let parsed = Parser::new(&dialect)
@@ -131,10 +146,11 @@ pub fn analyze(sql: &str) -> Analysis {
             .parse_statements();
         match parsed {
             Ok(statements) => {
-                for statement in &statements {
+                for statement in statements {
                     analysis
                         .statements
-                        .push(analyze_statement(statement, &token_kind));
+                        .push(analyze_statement(&statement, &token_kind));
+                    asts.push(Some(statement));
                 }
             }
             Err(e) => {
@@ -145,10 +161,11 @@ pub fn analyze(sql: &str) -> Analysis {
                     error: Some(error),
                     ..StatementInfo::default()
                 });
+                asts.push(None);
             }
         }
     }
-    analysis
+    (analysis, asts)
 }
 
 /// Splits a token stream on top-level `;`, dropping pieces that hold only
@@ -645,7 +662,7 @@ fn modifies_data(body: &SetExpr) -> bool {
 }
 
 /// PostgreSQL folds unquoted identifiers to lower case and keeps quoted ones.
-fn ident_text(ident: &Ident) -> String {
+pub(crate) fn ident_text(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {

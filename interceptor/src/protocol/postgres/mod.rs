@@ -1,13 +1,15 @@
 //! The `postgres` protocol: PostgreSQL frontend/backend protocol v3.
 //!
-//! So far only the codec: framing ([`codec`]), the client's messages
-//! ([`frontend`]) and the server's ([`backend`]), all parsed in place over
-//! `bytes::Bytes`. The session handler (TLS, auth relay, policy, masking,
-//! audit) builds on it.
+//! The codec: framing ([`codec`]), the client's messages ([`frontend`]) and
+//! the server's ([`backend`]), all parsed in place over `bytes::Bytes`. The
+//! session handler ([`session`]: TLS, auth relay, policy, audit) and the
+//! result masking ([`masking`]) build on it.
 
 pub mod backend;
 pub mod codec;
 pub mod frontend;
+pub mod masking;
+pub mod session;
 
 #[cfg(test)]
 mod tests;
