@@ -50,7 +50,7 @@ pub const KNOWN_DETECTORS: &[&str] = &[
 
 /// PostgreSQL command keywords a `sql.statements` entry may start with. An
 /// entry is a keyword optionally narrowed by more words (`drop`, `alter
-/// system`, `create extension`, `copy program`). Checked so that a typo such
+/// system`, `create extension`, `copy program`, `copy file`). Checked so that a typo such
 /// as "dorp" is an error instead of a rule that silently never matches.
 pub const SQL_STATEMENTS: &[&str] = &[
     "abort",

@@ -327,7 +327,7 @@ fn denied_statements_answer_42501_and_the_session_goes_on() {
         "SELECT * FROM pg_catalog.pg_read_file('/etc/passwd')",
         "WITH gone AS (DELETE FROM users RETURNING id) SELECT count(*) FROM gone",
         "COPY users TO PROGRAM 'id'",
-        // TODO copy file: "COPY users FROM '/etc/passwd'",
+        "COPY users FROM '/etc/passwd'",
         "DO $$ BEGIN PERFORM 1; END $$",
         "SET ROLE postgres",
         "SET SESSION AUTHORIZATION postgres",

@@ -28,16 +28,17 @@
 //! `query_to_xml` and friends, text that does not parse) is denied while
 //! masking is configured.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterTableOperation, CopySource, CreateFunctionBody, Distinct, Expr, FromTable, FunctionArg,
+    AlterColumnOperation, AlterTableOperation, ColumnDef, ColumnOption, CopySource,
+    CreateFunctionBody, Distinct, Expr, ForeignKeyConstraint, FromTable, FunctionArg,
     FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, InTarget, JoinConstraint, JoinOperator,
     ObjectName, ObjectNamePart, OrderByKind, Query, Select, SelectItem,
-    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias, TableFactor, TableObject,
-    TableWithJoins, UpdateTableFromKind, Value, Visit, Visitor,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias, TableConstraint, TableFactor,
+    TableObject, TableWithJoins, UpdateTableFromKind, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
@@ -60,6 +61,10 @@ use super::sql::{analyze_parsed, ident_text, MAX_OPERATORS};
 ///   relation, which a view that merely counts rows also has; the text of the
 ///   rule's tree tells the two apart.
 /// * `i`: table `oid` inherits from, or is a partition of, `ref_oid`.
+/// * `f`: function `oid`, named `relname` in schema `nspname`, returns rows
+///   of relation `ref_oid` (`RETURNS users` or `RETURNS SETOF users`).
+///   PostgreSQL reports no origin for the columns of a function's result, so
+///   output-side masking cannot see masked columns coming out of one.
 ///
 /// The query runs on the client's own session, whose `search_path` and
 /// temporary schema the client controls, so every relation, type, function
@@ -100,7 +105,15 @@ OR pg_catalog.strpos(r.ev_action::pg_catalog.text, ':varattno 0 ') OPERATOR(pg_c
 UNION ALL \
 SELECT 'i', i.inhrelid::pg_catalog.text, NULL, NULL, NULL, NULL, NULL, \
 i.inhparent::pg_catalog.text, NULL \
-FROM pg_catalog.pg_inherits i";
+FROM pg_catalog.pg_inherits i \
+UNION ALL \
+SELECT 'f', p.oid::pg_catalog.text, pn.nspname::pg_catalog.text, p.proname::pg_catalog.text, \
+NULL, NULL, NULL, t.typrelid::pg_catalog.text, NULL \
+FROM pg_catalog.pg_proc p \
+JOIN pg_catalog.pg_namespace pn ON pn.oid OPERATOR(pg_catalog.=) p.pronamespace \
+JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) p.prorettype \
+WHERE t.typrelid OPERATOR(pg_catalog.<>) '0'::pg_catalog.oid \
+AND pn.nspname OPERATOR(pg_catalog.<>) ALL ('{pg_catalog,information_schema}'::pg_catalog.name[])";
 
 /// Position of each column in a [`CATALOG_SQL`] row.
 const KIND: usize = 0;
@@ -171,6 +184,9 @@ pub struct MaskCatalog {
     relations: HashMap<u32, Relation>,
     /// Relation name to the OIDs of the relations so named, in any schema.
     by_name: HashMap<String, Vec<u32>>,
+    /// Function name to the schema of each function so named and the
+    /// relation whose rows it returns.
+    functions: HashMap<String, Vec<(String, u32)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +248,7 @@ impl MaskCatalog {
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut reads: Vec<(u32, u32, i16)> = Vec::new();
         let mut inherits: Vec<(u32, u32)> = Vec::new();
+        let mut functions: HashMap<String, Vec<(String, u32)>> = HashMap::new();
         for (i, row) in rows.iter().enumerate() {
             if row.len() != CATALOG_COLUMNS {
                 return Err(format!(
@@ -273,6 +290,13 @@ impl MaskCatalog {
                 }
                 "d" => reads.push((oid(OID)?, oid(REF_OID)?, attnum(REF_ATTNUM)?)),
                 "i" => inherits.push((oid(OID)?, oid(REF_OID)?)),
+                "f" => {
+                    let (schema, name) = (field(NSPNAME)?, field(RELNAME)?);
+                    functions
+                        .entry(name.to_string())
+                        .or_default()
+                        .push((schema.to_string(), oid(REF_OID)?));
+                }
                 other => return Err(format!("catalog row {i}: unknown kind {other:?}")),
             }
         }
@@ -286,6 +310,7 @@ impl MaskCatalog {
             loaded: true,
             relations,
             by_name,
+            functions,
         })
     }
 
@@ -364,26 +389,55 @@ impl MaskCatalog {
             .filter(move |r| schema.is_none_or(|s| s == r.schema))
     }
 
+    /// The relations whose rows functions of this name return.
+    fn function_rows<'s>(
+        &'s self,
+        schema: Option<&'s str>,
+        name: &str,
+    ) -> impl Iterator<Item = &'s Relation> + 's {
+        self.functions
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(move |(s, _)| schema.is_none_or(|x| x == s))
+            .filter_map(|(_, oid)| self.relations.get(oid))
+    }
+
+    /// Does a function of this name return rows with masked columns?
+    fn function_carries(&self, schema: Option<&str>, name: &str) -> bool {
+        self.function_rows(schema, name)
+            .any(|r| r.taint.is_some() || !r.sensitive.is_empty())
+    }
+
+    /// What the catalog says about `column` of the rows functions of this
+    /// name return, or `None` when it knows no such function.
+    fn function_column(&self, schema: Option<&str>, name: &str, column: &str) -> Option<Col> {
+        self.function_rows(schema, name)
+            .map(|r| relation_column(r, column))
+            .max()
+    }
+
     /// What the catalog says about `name.column`, or `None` when it does not
     /// know the relation.
     fn column(&self, schema: Option<&str>, name: &str, column: &str) -> Option<Col> {
         if matches!(schema, Some("pg_catalog" | "information_schema")) {
             return Some(Col::Unknown);
         }
-        let mut state = None;
-        for relation in self.named(schema, name) {
-            let here = if relation.taint.is_some() {
-                Col::Sensitive
-            } else {
-                match relation.columns.iter().find(|(_, c)| *c == column) {
-                    Some((num, _)) if relation.sensitive.contains(num) => Col::Sensitive,
-                    Some(_) => Col::Clean,
-                    None => Col::Absent,
-                }
-            };
-            state = Some(state.map_or(here, |s: Col| s.max(here)));
-        }
-        state
+        self.named(schema, name)
+            .map(|r| relation_column(r, column))
+            .max()
+    }
+}
+
+/// What a known relation says about one of its columns.
+fn relation_column(relation: &Relation, column: &str) -> Col {
+    if relation.taint.is_some() {
+        return Col::Sensitive;
+    }
+    match relation.columns.iter().find(|(_, c)| *c == column) {
+        Some((num, _)) if relation.sensitive.contains(num) => Col::Sensitive,
+        Some(_) => Col::Clean,
+        None => Col::Absent,
     }
 }
 
@@ -496,14 +550,20 @@ pub fn check_sql(
 ///   non-recursive WITH query reachable from it, or of the RETURNING list of
 ///   a top-level INSERT/UPDATE/DELETE, or a plain column of a non-unique
 ///   index. PREPARE, EXPLAIN and DECLARE CURSOR bodies are checked as
-///   top-level statements. Everywhere else (expressions, conditions, sorting,
+///   top-level statements (EXPLAIN without ANALYZE too: its row estimates
+///   for a condition on a masked column come from the column's statistics).
+///   Everywhere else (expressions, conditions, sorting,
 ///   grouping, set operations, VALUES, INSERT ... SELECT, UPDATE SET values,
 ///   CREATE TABLE AS, SELECT INTO, COPY, views, rules, function bodies) it
 ///   is denied.
 /// * `*` and `t.*` over a relation with masked columns: the same places as
 ///   above, plus the select list of an EXISTS subquery.
-/// * Whole-row references (`t`, `t.*` inside an expression, `t.text`) to a
-///   relation with masked columns are denied everywhere.
+/// * Whole-row references (`t`, `t.*` inside an expression, `t.to_json`) to
+///   a relation with masked columns are denied everywhere.
+/// * A function known to return rows of a relation with masked columns
+///   (`RETURNS SETOF users`): its masked columns, `*` over it and calls of it
+///   in expressions are denied, because PostgreSQL reports no origin for
+///   the columns of a function's result.
 /// * DISTINCT, DISTINCT ON, GROUP BY and ORDER BY may not use a masked
 ///   output column, by name or position.
 /// * Column alias lists (`FROM users u(a, b, c)`, `WITH x(a) AS ...`) over
@@ -544,6 +604,12 @@ const MAX_RESOLVE_DEPTH: usize = 64;
 /// [`MAX_OPERATORS`] operators); anything deeper is denied.
 const MAX_EXPR_DEPTH: usize = MAX_OPERATORS + 100;
 
+/// Most name lookups (one FROM item, one column) one statement may take:
+/// every reference is matched against every FROM item of the statement, so
+/// thousands of both would otherwise take seconds. Beyond it the statement
+/// is denied as too complex.
+const MAX_LOOKUPS: usize = 200_000;
+
 /// How deep function bodies that create functions are followed.
 const MAX_BODY_NESTING: usize = 4;
 
@@ -579,18 +645,10 @@ const STATISTICS_RELATIONS: &[&str] = &[
     "pg_statistic_ext_data",
 ];
 
-/// Functions and types that accept a whole row, and so can be called on
-/// one with attribute notation (`u.text` is `u::text`, `u.to_json` is
-/// `to_json(u)`). With the catalog, any name that is not a column of the
-/// relation counts; without it, these do.
+/// Functions that accept a whole row, and so can be called on one with
+/// attribute notation (`u.to_json` is `to_json(u)`). With the catalog, any
+/// name that is not a column of the relation counts; without it, these do.
 const ROW_FUNCTIONS: &[&str] = &[
-    "text",
-    "varchar",
-    "bpchar",
-    "name",
-    "json",
-    "jsonb",
-    "xml",
     "hstore",
     "row_to_json",
     "to_json",
@@ -600,6 +658,9 @@ const ROW_FUNCTIONS: &[&str] = &[
     "concat",
     "quote_literal",
     "quote_nullable",
+    "json_agg",
+    "jsonb_agg",
+    "array_agg",
 ];
 
 fn is_text_sql_function(name: &str) -> bool {
@@ -771,7 +832,10 @@ fn needs_check(statement: &Statement, catalog: &MaskCatalog, matcher: &dyn Colum
 
         fn pre_visit_ident(&mut self, ident: &Ident) -> ControlFlow<()> {
             let name = ident_text(ident);
-            if self.matcher.may_match(&name) || is_text_sql_function(&name) {
+            if self.matcher.may_match(&name)
+                || is_text_sql_function(&name)
+                || self.catalog.function_carries(None, &name)
+            {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
@@ -855,8 +919,10 @@ fn check_statement(
         matcher,
         columns: RefCell::new(HashMap::new()),
         columns_active: RefCell::new(HashSet::new()),
+        idents: RefCell::new(HashMap::new()),
         carries: RefCell::new(HashMap::new()),
         carries_active: RefCell::new(HashSet::new()),
+        budget: Cell::new(MAX_LOOKUPS),
     };
     let mut check = Check {
         res: &resolver,
@@ -867,6 +933,12 @@ fn check_statement(
         denial: None,
     };
     let _ = statement.visit(&mut check);
+    if resolver.budget.get() == 0 {
+        return Err(format!(
+            "statement too complex to check for masked columns: more than {MAX_LOOKUPS} name \
+             lookups"
+        ));
+    }
     match check.denial {
         Some(reason) => Err(reason),
         None => Ok(()),
@@ -891,9 +963,12 @@ enum Source {
     /// the columns of other FROM items through: indices into
     /// [`Scope::bindings`].
     Join(Vec<usize>),
-    /// Rows computed by a function (named, so that the patterns can judge
-    /// its column names) or given by the client (`excluded` of an upsert).
-    Computed { function: Option<String> },
+    /// Rows computed by a function (named, folded schema and name, so that
+    /// the catalog and the patterns can judge its columns) or given by the
+    /// client (`excluded` of an upsert).
+    Computed {
+        function: Option<(Option<String>, String)>,
+    },
 }
 
 /// One name a column reference can be qualified with.
@@ -1206,9 +1281,11 @@ impl Visitor for Collect<'_> {
                 name, args: None, ..
             } => self.scope.add_named(alias, name_parts(name)),
             TableFactor::Table { name, .. } | TableFactor::Function { name, .. } => {
-                let function = name_parts(name).pop();
-                let binding = alias.or_else(|| function.clone());
-                self.scope.add(binding, Source::Computed { function })
+                let parts = name_parts(name);
+                let (schema, function) = split_relation(&parts);
+                let binding = alias.unwrap_or_else(|| function.to_string());
+                let function = Some((schema.map(str::to_string), function.to_string()));
+                self.scope.add(Some(binding), Source::Computed { function })
             }
             TableFactor::Derived {
                 subquery,
@@ -1308,6 +1385,10 @@ impl Allowed {
             // would answer "does anyone have this value?" on every insert.
             Statement::CreateIndex(index) if !index.unique => {
                 for column in &index.columns {
+                    if column.operator_class.is_some() {
+                        // An operator class runs its own functions over the values.
+                        continue;
+                    }
                     if let Some(r) = plain_ref(&column.column.expr) {
                         self.exprs.insert(key(r));
                     }
@@ -1421,13 +1502,28 @@ struct Resolver<'s> {
     scope: &'s Scope,
     catalog: &'s MaskCatalog,
     matcher: &'s dyn ColumnMatcher,
-    columns: RefCell<HashMap<(usize, String), Col>>,
+    /// Column name to what each binding says about it.
+    columns: RefCell<HashMap<String, HashMap<usize, Col>>>,
     columns_active: RefCell<HashSet<(usize, String)>>,
+    /// Unqualified names already resolved.
+    idents: RefCell<HashMap<String, RefState>>,
     carries: RefCell<HashMap<usize, bool>>,
     carries_active: RefCell<HashSet<usize>>,
+    /// Lookups left before the statement counts as too complex to check.
+    budget: Cell<usize>,
 }
 
 impl Resolver<'_> {
+    /// Takes one lookup from the budget; false when it is spent.
+    fn spend(&self) -> bool {
+        let left = self.budget.get();
+        if left == 0 {
+            return false;
+        }
+        self.budget.set(left - 1);
+        true
+    }
+
     /// The WITH queries a relation name may refer to. With a loaded catalog
     /// that does not know the name, the name is taken to be only the WITH
     /// query; otherwise it may be either (the exact scope is not tracked).
@@ -1444,14 +1540,19 @@ impl Resolver<'_> {
 
     /// What binding `b` says about a column.
     fn column_in(&self, b: usize, column: &str, depth: usize) -> Col {
-        if depth > MAX_RESOLVE_DEPTH {
+        if depth > MAX_RESOLVE_DEPTH || !self.spend() {
             return Col::Sensitive;
         }
-        let memo_key = (b, column.to_string());
-        let cached = self.columns.borrow().get(&memo_key).copied();
+        let cached = self
+            .columns
+            .borrow()
+            .get(column)
+            .and_then(|m| m.get(&b))
+            .copied();
         if let Some(state) = cached {
             return state;
         }
+        let memo_key = (b, column.to_string());
         // A WITH query that reaches itself again: what flows around the
         // cycle entered it somewhere else, and is judged there.
         if !self.columns_active.borrow_mut().insert(memo_key.clone()) {
@@ -1462,7 +1563,11 @@ impl Resolver<'_> {
             Some(binding) => self.source_column(&binding.source, column, depth + 1),
         };
         self.columns_active.borrow_mut().remove(&memo_key);
-        self.columns.borrow_mut().insert(memo_key, state);
+        self.columns
+            .borrow_mut()
+            .entry(memo_key.1)
+            .or_default()
+            .insert(b, state);
         state
     }
 
@@ -1496,10 +1601,10 @@ impl Resolver<'_> {
                 .map(|b| self.column_in(*b, column, depth + 1))
                 .max()
                 .unwrap_or(Col::Absent),
-            Source::Computed { function } => match function {
-                Some(f) if self.matcher.matches(None, f, column) => Col::Sensitive,
-                _ => Col::Unknown,
-            },
+            Source::Computed {
+                function: Some((schema, f)),
+            } => self.function_column(schema.as_deref(), f, column),
+            Source::Computed { function: None } => Col::Unknown,
         }
     }
 
@@ -1544,7 +1649,7 @@ impl Resolver<'_> {
     /// Could rows of binding `b` carry a masked value (so that `*` or a
     /// whole-row reference over it would expose one)?
     fn carries(&self, b: usize, depth: usize) -> bool {
-        if depth > MAX_RESOLVE_DEPTH {
+        if depth > MAX_RESOLVE_DEPTH || !self.spend() {
             return true;
         }
         let cached = self.carries.borrow().get(&b).copied();
@@ -1573,7 +1678,17 @@ impl Resolver<'_> {
             }
             Source::Derived(shape) => self.shape_carries(*shape, depth + 1),
             Source::Join(inner) => inner.iter().any(|&b| self.carries(b, depth + 1)),
-            Source::Computed { .. } => false,
+            Source::Computed { function } => function
+                .as_ref()
+                .is_some_and(|(schema, f)| self.catalog.function_carries(schema.as_deref(), f)),
+        }
+    }
+
+    /// Is `column` of the named relation masked?
+    fn table_column_masked(&self, schema: Option<&str>, name: &str, column: &str) -> bool {
+        match self.catalog.column(schema, name, column) {
+            Some(state) => state == Col::Sensitive,
+            None => self.matcher.matches(schema, name, column),
         }
     }
 
@@ -1653,7 +1768,7 @@ impl Resolver<'_> {
                     match self.column_in(b, column, depth + 1) {
                         Col::Sensitive => return RefState::Sensitive,
                         // Not a column, so attribute notation for a function
-                        // or cast of the whole row: `u.text`, `u.to_json`.
+                        // of the whole row: `u.to_json`, `u.concat`.
                         Col::Absent if self.carries(b, depth + 1) => {
                             state = RefState::WholeRow(table.clone())
                         }
@@ -1675,6 +1790,18 @@ impl Resolver<'_> {
     /// item is known to have such a column, possibly a whole-row reference
     /// to a FROM item of that name (PostgreSQL prefers the column).
     fn ident_state(&self, name: &str, depth: usize) -> RefState {
+        let cached = self.idents.borrow().get(name).cloned();
+        if let Some(state) = cached {
+            return state;
+        }
+        let state = self.resolve_ident(name, depth);
+        self.idents
+            .borrow_mut()
+            .insert(name.to_string(), state.clone());
+        state
+    }
+
+    fn resolve_ident(&self, name: &str, depth: usize) -> RefState {
         let mut known = false;
         let mut maybe = false;
         for b in 0..self.scope.bindings.len() {
@@ -1714,9 +1841,32 @@ impl Resolver<'_> {
         candidates.iter().any(|&b| {
             matches!(
                 self.scope.bindings.get(b).map(|x| &x.source),
-                Some(Source::Computed { function: Some(f) }) if self.matcher.matches(None, f, column)
+                Some(Source::Computed { function: Some((schema, f)) })
+                    if self.function_column(schema.as_deref(), f, column) == Col::Sensitive
             )
         })
+    }
+
+    /// What a function's result says about a column: the relation it
+    /// returns rows of, when the catalog knows it, and the patterns (taking
+    /// the function's name for a table's).
+    fn function_column(&self, schema: Option<&str>, function: &str, column: &str) -> Col {
+        let by_name = self.matcher.matches(None, function, column);
+        match self.catalog.function_column(schema, function, column) {
+            Some(_) if by_name => Col::Sensitive,
+            Some(known) => known,
+            None if by_name => Col::Sensitive,
+            None => Col::Unknown,
+        }
+    }
+
+    /// Is binding `b` a function result with masked columns?
+    fn is_carrying_function(&self, b: usize) -> bool {
+        matches!(
+            self.scope.bindings.get(b).map(|x| &x.source),
+            Some(Source::Computed { function: Some((schema, f)) })
+                if self.catalog.function_carries(schema.as_deref(), f)
+        )
     }
 
     /// Which output columns of a SELECT carry masked values.
@@ -1912,7 +2062,46 @@ impl Check<'_> {
     /// Wildcards of a select list that are not in an allowed place.
     fn check_wildcards(&mut self, items: &[SelectItem], from: &[usize]) -> ControlFlow<()> {
         for item in items {
-            if self.allowed.items.contains(&key(item)) || self.exists_items.contains(&key(item)) {
+            if self.exists_items.contains(&key(item)) {
+                continue;
+            }
+            if self.allowed.items.contains(&key(item)) {
+                // Allowed, unless it expands a function's result: PostgreSQL
+                // reports no origin for those columns.
+                let expanded: Vec<usize> = match item {
+                    SelectItem::QualifiedWildcard(
+                        SelectItemQualifiedWildcardKind::ObjectName(n),
+                        _,
+                    ) => {
+                        let parts = name_parts(n);
+                        let (_, name) = split_relation(&parts);
+                        from.iter()
+                            .copied()
+                            .filter(|&b| {
+                                self.res
+                                    .scope
+                                    .bindings
+                                    .get(b)
+                                    .and_then(|x| x.name.as_deref())
+                                    == Some(name)
+                            })
+                            .collect()
+                    }
+                    _ => from.to_vec(),
+                };
+                if let Some(&b) = expanded.iter().find(|&&b| self.res.is_carrying_function(b)) {
+                    let name = self
+                        .res
+                        .scope
+                        .bindings
+                        .get(b)
+                        .and_then(|x| x.name.clone())
+                        .unwrap_or_default();
+                    return self.deny(format!(
+                        "{name} returns rows with masked columns, and output masking cannot \
+                         follow the columns of a function result"
+                    ));
+                }
                 continue;
             }
             match item {
@@ -2046,21 +2235,9 @@ impl Check<'_> {
         let masked = if columns.is_empty() {
             self.res.relation_carries(schema, name)
         } else {
-            columns.iter().any(|c| {
-                let column = ident_text(c);
-                let state = self
-                    .res
-                    .catalog
-                    .column(schema, name, &column)
-                    .unwrap_or_else(|| {
-                        if self.res.matcher.matches(schema, name, &column) {
-                            Col::Sensitive
-                        } else {
-                            Col::Unknown
-                        }
-                    });
-                state == Col::Sensitive
-            })
+            columns
+                .iter()
+                .any(|c| self.res.table_column_masked(schema, name, &ident_text(c)))
         };
         if masked {
             return self.deny(format!(
@@ -2090,16 +2267,32 @@ impl Check<'_> {
                     ..
                 } => {
                     let column = ident_text(old_column_name);
-                    let state = self.res.catalog.column(schema, table, &column);
-                    let masked = match state {
-                        Some(state) => state == Col::Sensitive,
-                        None => self.res.matcher.matches(schema, table, &column),
-                    };
-                    if masked {
+                    if self.res.table_column_masked(schema, table, &column) {
                         return self.deny(format!(
                             "renaming masked column {table}.{column} would unmask it"
                         ));
                     }
+                }
+                // A new type converts every value with functions (casts,
+                // domain checks) the client may have written.
+                AlterTableOperation::AlterColumn {
+                    column_name,
+                    op: AlterColumnOperation::SetDataType { .. },
+                } => {
+                    let column = ident_text(column_name);
+                    if self.res.table_column_masked(schema, table, &column) {
+                        return self.deny(format!(
+                            "changing the type of masked column {table}.{column} would run \
+                             conversion functions over its values"
+                        ));
+                    }
+                }
+                AlterTableOperation::AddConstraint {
+                    constraint: TableConstraint::ForeignKey(fk),
+                    ..
+                } => self.check_foreign_key(fk)?,
+                AlterTableOperation::AddColumn { column_def, .. } => {
+                    self.check_column_def(column_def)?
                 }
                 AlterTableOperation::RenameTable { .. } if carries => {
                     return self.deny(format!(
@@ -2121,6 +2314,32 @@ impl Check<'_> {
                     }
                 }
                 _ => {}
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A foreign key to a masked column answers "does this value exist in
+    /// it?" for every row inserted on the referencing side.
+    fn check_foreign_key(&mut self, fk: &ForeignKeyConstraint) -> ControlFlow<()> {
+        let parts = name_parts(&fk.foreign_table);
+        let (schema, table) = split_relation(&parts);
+        for column in &fk.referred_columns {
+            let column = ident_text(column);
+            if self.res.table_column_masked(schema, table, &column) {
+                return self.deny(format!(
+                    "a foreign key to masked column {table}.{column} would reveal which values \
+                     it holds"
+                ));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn check_column_def(&mut self, column: &ColumnDef) -> ControlFlow<()> {
+        for option in &column.options {
+            if let ColumnOption::ForeignKey(fk) = &option.option {
+                self.check_foreign_key(fk)?;
             }
         }
         ControlFlow::Continue(())
@@ -2172,8 +2391,19 @@ impl Check<'_> {
         }
     }
 
-    /// Name scan of a body that cannot be parsed as SQL statements.
+    /// Name scan of a body that cannot be parsed as SQL statements. Such a
+    /// body can use a relation's rows without naming a masked column
+    /// (`FOR r IN SELECT * FROM users LOOP RAISE NOTICE '%', r`), so without
+    /// the catalog, which says which relations have masked columns, it is
+    /// refused.
     fn scan_body(&mut self, text: &str) -> ControlFlow<()> {
+        if !self.res.catalog.is_loaded() {
+            return self.deny(
+                "function bodies that are not plain SQL can only be checked for masked columns \
+                 once the catalog of masked columns is loaded"
+                    .into(),
+            );
+        }
         let tokens = match Tokenizer::new(&PostgreSqlDialect {}, text).tokenize() {
             Ok(tokens) => tokens,
             Err(e) => {
@@ -2261,6 +2491,17 @@ impl Visitor for Check<'_> {
                 ControlFlow::Continue(())
             }
             Statement::AlterTable(alter) => self.check_alter_table(&alter.name, &alter.operations),
+            Statement::CreateTable(table) => {
+                for column in &table.columns {
+                    self.check_column_def(column)?;
+                }
+                for constraint in &table.constraints {
+                    if let TableConstraint::ForeignKey(fk) = constraint {
+                        self.check_foreign_key(fk)?;
+                    }
+                }
+                ControlFlow::Continue(())
+            }
             _ => ControlFlow::Continue(()),
         }
     }
@@ -2382,6 +2623,16 @@ impl Visitor for Check<'_> {
             }
             Expr::Function(function) => {
                 self.check_function_name(&function.name)?;
+                // Called in an expression, a function returning rows of a
+                // relation with masked columns yields whole rows.
+                let parts = name_parts(&function.name);
+                let (schema, name) = split_relation(&parts);
+                if self.res.catalog.function_carries(schema, name) {
+                    return self.deny(format!(
+                        "{name}() returns rows with masked columns; call it in FROM and select \
+                         only unmasked columns"
+                    ));
+                }
                 if let FunctionArguments::List(list) = &function.args {
                     for arg in &list.args {
                         let (FunctionArg::Named { arg, .. }

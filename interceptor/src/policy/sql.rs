@@ -454,6 +454,8 @@ fn ast_kind(statement: &Statement, token_kind: &str) -> String {
         Statement::Delete(_) => "delete".into(),
         Statement::Copy { target, .. } => match target {
             CopyTarget::Program { .. } => "copy program".into(),
+            // A path on the database server: reads or writes its files.
+            CopyTarget::File { .. } => "copy file".into(),
             _ => "copy".into(),
         },
         _ => token_kind.to_string(),

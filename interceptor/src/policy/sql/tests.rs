@@ -140,9 +140,10 @@ fn copy_program_and_server_files() {
     let p = one("COPY t FROM PROGRAM 'id'");
     assert!(p.copy_program);
     let f = one("COPY t FROM '/etc/passwd'");
-    assert_eq!(f.kind, "copy");
+    assert_eq!(f.kind, "copy file");
     assert!(f.copy_server_file && !f.copy_program);
     let o = one("COPY t TO STDOUT");
+    assert_eq!(o.kind, "copy");
     assert!(!o.copy_program && !o.copy_server_file);
     let i = one("COPY t FROM STDIN");
     assert!(!i.copy_program && !i.copy_server_file);
@@ -401,4 +402,27 @@ fn statement_entries_match_at_word_boundaries() {
         "PREPARE p AS DELETE FROM t WHERE a = 1"
     ));
     assert!(!hit(&rule(&["drop"]), "SELECT 1; -- DROP TABLE t"));
+}
+
+#[test]
+fn parsed_statements_line_up_with_the_analysis() {
+    let (a, parsed) = analyze_parsed("SELECT 1; DO $$ BEGIN END $$; DELETE FROM t WHERE id = 1");
+    assert_eq!(a.statements.len(), 3);
+    assert_eq!(parsed.len(), 3);
+    assert!(matches!(parsed[0], Some(Statement::Query(_))));
+    assert!(parsed[1].is_none() && a.statements[1].error.is_some());
+    assert!(matches!(parsed[2], Some(Statement::Delete(_))));
+    assert_eq!(
+        a,
+        analyze("SELECT 1; DO $$ BEGIN END $$; DELETE FROM t WHERE id = 1")
+    );
+    let (a, parsed) = analyze_parsed("SELECT 'unterminated");
+    assert_eq!((a.statements.len(), parsed.len()), (1, 1));
+    assert!(parsed[0].is_none());
+    let chain = format!("SELECT 1{}", " + 1".repeat(20_000));
+    let (a, parsed) = analyze_parsed(&chain);
+    assert!(a.unparsable.is_some());
+    assert_eq!(parsed.len(), 1);
+    assert!(parsed[0].is_none());
+    assert_eq!(analyze_parsed("").1.len(), 0);
 }
