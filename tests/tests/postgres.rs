@@ -853,3 +853,86 @@ print(repr(data))
         "TLS was offered after the plaintext bytes: {o}"
     );
 }
+
+#[test]
+fn copy_in_and_out_notices_and_notifications_pass_through() {
+    require_root();
+    let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
+    pg.admin_sql(
+        DATABASE,
+        "CREATE TABLE items (id int, label text);\nGRANT ALL ON items TO app;",
+    );
+    let (_cg, d) = daemon("pg-copy", 942, &pg, "upstream_tls = \"disable\"");
+    let mut child = in_cgroup(
+        &d,
+        &pg,
+        "app",
+        &[
+            "psql",
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "COPY items (id, label) FROM STDIN",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("psql");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        for i in 0..5000 {
+            writeln!(stdin, "{i}\tlabel-{i}").expect("write COPY data");
+        }
+        // A credential in a non-masked column: the detectors catch it on
+        // the way out.
+        writeln!(stdin, "9999\tkey AKIAQRSTUVWXYZ234567 leaked").expect("write");
+    }
+    let out = ok(child.wait_with_output().expect("psql"), "COPY FROM STDIN", &d);
+    assert!(out.contains("COPY 5001"), "{out}");
+    assert_eq!(pg.query("app", "SELECT count(*) FROM items").trim(), "5001");
+
+    let out = in_cgroup(
+        &d,
+        &pg,
+        "app",
+        &[
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "COPY items TO STDOUT",
+            "-c",
+            "LISTEN ch",
+            "-c",
+            "NOTIFY ch, 'hello'",
+            "-c",
+            "BEGIN",
+            "-c",
+            "BEGIN",
+            "-c",
+            "ROLLBACK",
+        ],
+    )
+    .output()
+    .expect("psql");
+    let all = text(&out);
+    assert!(all.contains("4999\tlabel-4999"), "{all}");
+    assert!(!all.contains("AKIAQRSTUVWXYZ234567"), "detector missed COPY data: {all}");
+    assert!(all.contains("9999\tkey ******** leaked"), "{all}");
+    assert!(
+        all.contains("Asynchronous notification \"ch\" with payload \"hello\""),
+        "{all}"
+    );
+    // A NoticeResponse (WARNING) in the middle of a session.
+    assert!(
+        all.contains("there is already a transaction in progress"),
+        "{all}"
+    );
+}
