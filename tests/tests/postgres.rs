@@ -891,7 +891,11 @@ fn copy_in_and_out_notices_and_notifications_pass_through() {
         // the way out.
         writeln!(stdin, "9999\tkey AKIAQRSTUVWXYZ234567 leaked").expect("write");
     }
-    let out = ok(child.wait_with_output().expect("psql"), "COPY FROM STDIN", &d);
+    let out = ok(
+        child.wait_with_output().expect("psql"),
+        "COPY FROM STDIN",
+        &d,
+    );
     assert!(out.contains("COPY 5001"), "{out}");
     assert_eq!(pg.query("app", "SELECT count(*) FROM items").trim(), "5001");
 
@@ -924,7 +928,10 @@ fn copy_in_and_out_notices_and_notifications_pass_through() {
     .expect("psql");
     let all = text(&out);
     assert!(all.contains("4999\tlabel-4999"), "{all}");
-    assert!(!all.contains("AKIAQRSTUVWXYZ234567"), "detector missed COPY data: {all}");
+    assert!(
+        !all.contains("AKIAQRSTUVWXYZ234567"),
+        "detector missed COPY data: {all}"
+    );
     assert!(all.contains("9999\tkey ******** leaked"), "{all}");
     assert!(
         all.contains("Asynchronous notification \"ch\" with payload \"hello\""),
@@ -935,4 +942,40 @@ fn copy_in_and_out_notices_and_notifications_pass_through() {
         all.contains("there is already a transaction in progress"),
         "{all}"
     );
+}
+
+/// A table created after the catalog was read (here by an admin, outside
+/// the proxy): its columns are masked wholesale until the session re-reads
+/// the catalog, then exactly the masked ones.
+#[test]
+fn relations_unknown_to_the_catalog_are_masked_until_it_is_reread() {
+    require_root();
+    let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
+    let (_cg, d) = daemon("pg-late", 943, &pg, "upstream_tls = \"disable\"");
+    let psql = |sql: &[&str]| {
+        let mut args = vec!["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"];
+        for s in sql {
+            args.push("-c");
+            args.push(s);
+        }
+        ok(
+            in_cgroup(&d, &pg, "app", &args).output().expect("psql"),
+            "psql",
+            &d,
+        )
+    };
+    // Reads the catalog (shared with the next sessions for a while).
+    assert_eq!(
+        psql(&["SELECT name FROM users WHERE id = 1"]).trim(),
+        "alice"
+    );
+    pg.admin_sql(
+        DATABASE,
+        "CREATE TABLE late (id int, deploy_token text);\n\
+         INSERT INTO late VALUES (7, 'tok-secret-7');\n\
+         GRANT SELECT ON late TO app;",
+    );
+    let out = psql(&["SELECT * FROM late", "SELECT * FROM late"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, vec!["********|********", "7|********"], "{out}");
 }

@@ -352,6 +352,8 @@ async fn run(
         portals: HashMap::new(),
         catalogs,
         catalog_at,
+        catalog_own_read: false,
+        refreshed_for: std::collections::HashSet::new(),
         catalog_waiter: None,
         bytes_up: 0,
         bytes_down: 0,
@@ -824,6 +826,14 @@ struct Shared {
     /// When this session's catalog was read, and the DDL generation then;
     /// `None`: never, or known stale.
     catalog_at: Option<(Instant, u64)>,
+    /// Re-read the catalog on this session rather than take a shared copy:
+    /// a result came from a relation the catalog did not know (one created
+    /// since, or this session's own temporary table).
+    catalog_own_read: bool,
+    /// Table OIDs that already caused such a read: if the catalog still does
+    /// not know them (it never lists toast or system relations), their
+    /// columns stay masked without a read per statement.
+    refreshed_for: std::collections::HashSet<u32>,
     catalog_waiter: Option<oneshot::Sender<()>>,
     bytes_up: u64,
     bytes_down: u64,
@@ -891,6 +901,27 @@ enum Pending {
         rows: Vec<Vec<Option<String>>>,
         error: Option<String>,
     },
+}
+
+/// A result named table OIDs the catalog does not know: their columns were
+/// masked (fail closed). True when the catalog should be re-read on this
+/// session at the next idle point (once per OID).
+fn unknown_oids(
+    catalogs: &Catalogs,
+    refreshed_for: &mut std::collections::HashSet<u32>,
+    fields: &[Field],
+) -> bool {
+    let mut new = false;
+    for f in fields {
+        if f.table_oid != 0
+            && !catalogs.union.knows(f.table_oid)
+            && refreshed_for.len() < 4096
+            && refreshed_for.insert(f.table_oid)
+        {
+            new = true;
+        }
+    }
+    new
 }
 
 impl Pending {
@@ -1010,7 +1041,13 @@ fn catalog_due(ctx: &Ctx) -> bool {
 /// Sends the catalog query in-band and waits until the server loop has
 /// read its reply.
 async fn refresh_catalog<W: AsyncWrite + Unpin>(ctx: &Ctx, server: &mut W) -> Result<(), String> {
-    if let Some(c) = ctx.store.cached_catalog(&ctx.catalog_key) {
+    let own_read = std::mem::take(&mut ctx.lock().catalog_own_read);
+    let shared = if own_read {
+        None
+    } else {
+        ctx.store.cached_catalog(&ctx.catalog_key)
+    };
+    if let Some(c) = shared {
         let mut sh = ctx.lock();
         sh.catalogs = c;
         sh.catalog_at = Some((
@@ -1654,8 +1691,9 @@ fn on_server_frame(ctx: &Ctx, frame: Frame, out: &mut BytesMut) -> Result<(), St
                 b'T' => {
                     let rd = RowDescription::parse(&frame).map_err(|e| e.to_string())?;
                     let p = masks.plan(&rd.fields, None, &sh.catalogs);
-                    if p.unknown {
+                    if p.unknown && unknown_oids(&sh.catalogs, &mut sh.refreshed_for, &rd.fields) {
                         sh.catalog_at = None;
+                        sh.catalog_own_read = true;
                     }
                     match masks.rewrite_description(&rd, &p) {
                         Some(b) => out.put_slice(&b),
@@ -1865,7 +1903,21 @@ fn on_server_frame(ctx: &Ctx, frame: Frame, out: &mut BytesMut) -> Result<(), St
             match tag {
                 b'D' => {
                     if plan.is_none() {
-                        *plan = Some(portal_plan(ctx, &sh.portals, &sh.catalogs, portal, &frame));
+                        let p = portal_plan(ctx, &sh.portals, &sh.catalogs, portal, &frame);
+                        let unknown = p.unknown;
+                        *plan = Some(p);
+                        if unknown {
+                            let fields = sh
+                                .portals
+                                .get(portal.as_str())
+                                .and_then(|p| p.fields.clone());
+                            if let Some(fields) = fields {
+                                if unknown_oids(&sh.catalogs, &mut sh.refreshed_for, &fields) {
+                                    sh.catalog_at = None;
+                                    sh.catalog_own_read = true;
+                                }
+                            }
+                        }
                     }
                     let mut n = 0;
                     match plan.as_ref().filter(|p| p.active) {
