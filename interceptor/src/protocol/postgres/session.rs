@@ -962,6 +962,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut up = ClientSide {
+        cache: HashMap::new(),
         statements: HashMap::new(),
         portals: HashMap::new(),
     };
@@ -1080,6 +1081,19 @@ async fn refresh_catalog<W: AsyncWrite + Unpin>(ctx: &Ctx, server: &mut W) -> Re
 struct ClientSide {
     statements: HashMap<String, StatementAudit>,
     portals: HashMap<String, String>,
+    /// SQL text -> decision, valid for the catalog it was made under.
+    cache: HashMap<String, (Arc<Catalogs>, Arc<Decided>)>,
+}
+
+/// What the policy made of one SQL text.
+struct Decided {
+    denied: Option<Denial>,
+    /// (command, target) per statement; one `EMPTY` entry for empty text.
+    infos: Vec<(String, Option<String>)>,
+    /// As the audit trail records it.
+    statement: String,
+    /// DDL: catalogs read before it are stale.
+    ddl: bool,
 }
 
 impl ClientSide {
@@ -1227,17 +1241,19 @@ impl ClientSide {
         }
     }
 
-    fn query(&mut self, ctx: &Ctx, sql: &str, frame: &Frame, out: &mut BytesMut) {
+    /// The decision on `sql`, from this session's cache when the same text
+    /// was decided under the same catalog (clients repeat their statements:
+    /// every extended-protocol execution re-sends its Parse).
+    fn decided(&mut self, ctx: &Ctx, sql: &str) -> Arc<Decided> {
+        let catalogs = ctx.lock().catalogs.clone();
+        if let Some((at, d)) = self.cache.get(sql) {
+            if Arc::ptr_eq(at, &catalogs) {
+                return d.clone();
+            }
+        }
         let (analysis, denied) = self.decide(ctx, sql);
         let statement = statement_for_audit(sql, ctx.store.statements, &ctx.store.masks.key);
-        let mut sh = ctx.lock();
-        let mut events = Vec::with_capacity(analysis.statements.len().max(1));
-        let decision = if denied.is_some() {
-            Decision::Deny
-        } else {
-            Decision::Allow
-        };
-        let infos: Vec<(String, Option<String>)> = if analysis.statements.is_empty() {
+        let infos = if analysis.statements.is_empty() {
             vec![("EMPTY".into(), None)]
         } else {
             analysis
@@ -1246,16 +1262,43 @@ impl ClientSide {
                 .map(|s| (command_name(&s.kind), target_of(&s.relations)))
                 .collect()
         };
-        for (command, target) in infos {
-            let mut event = sh.session.event(command, decision);
-            event.statement = Some(statement.clone());
-            event.target = target;
+        let d = Arc::new(Decided {
+            denied,
+            infos,
+            statement,
+            ddl: analysis.statements.iter().any(|s| is_ddl(&s.kind)),
+        });
+        // Bounded: a client sending endless distinct texts (literals
+        // inlined) just keeps missing.
+        if sql.len() <= 4096 {
+            if self.cache.len() >= 256 {
+                self.cache.clear();
+            }
+            self.cache.insert(sql.to_string(), (catalogs, d.clone()));
+        }
+        d
+    }
+
+    fn query(&mut self, ctx: &Ctx, sql: &str, frame: &Frame, out: &mut BytesMut) {
+        let decided = self.decided(ctx, sql);
+        let denied = decided.denied.clone();
+        let mut sh = ctx.lock();
+        let mut events = Vec::with_capacity(decided.infos.len());
+        let decision = if denied.is_some() {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        };
+        for (command, target) in &decided.infos {
+            let mut event = sh.session.event(command.clone(), decision);
+            event.statement = Some(decided.statement.clone());
+            event.target = target.clone();
             if let Some(d) = &denied {
                 event.rule = Some(d.rule.clone());
             }
             events.push(event);
         }
-        if analysis.statements.iter().any(|s| is_ddl(&s.kind)) {
+        if decided.ddl {
             ctx.store.ddl_generation.fetch_add(1, Ordering::Relaxed);
         }
         let journaled = events.iter().all(|e| ctx.recorder.event(e).is_ok());
@@ -1295,16 +1338,17 @@ impl ClientSide {
     }
 
     fn parse(&mut self, ctx: &Ctx, p: Parse, frame: &Frame, out: &mut BytesMut) {
-        let (analysis, denied) = self.decide(ctx, &p.sql);
-        let statement = statement_for_audit(&p.sql, ctx.store.statements, &ctx.store.masks.key);
-        let (command, target) = analysis
-            .statements
+        let decided = self.decided(ctx, &p.sql);
+        let denied = decided.denied.clone();
+        let statement = decided.statement.clone();
+        let (command, target) = decided
+            .infos
             .first()
-            .map(|s| (command_name(&s.kind), target_of(&s.relations)))
+            .cloned()
             .unwrap_or_else(|| ("EMPTY".into(), None));
         let name = p.name.to_string();
         let mut sh = ctx.lock();
-        if analysis.statements.iter().any(|s| is_ddl(&s.kind)) {
+        if decided.ddl {
             ctx.store.ddl_generation.fetch_add(1, Ordering::Relaxed);
         }
         let denied = match denied {
