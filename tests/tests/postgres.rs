@@ -979,3 +979,117 @@ fn relations_unknown_to_the_catalog_are_masked_until_it_is_reread() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, vec!["********|********", "7|********"], "{out}");
 }
+
+/// PostgreSQL 17 direct TLS (`sslnegotiation=direct`): a ClientHello first,
+/// ALPN `postgresql` required. The harness's libpq is older, so a python
+/// client speaks it.
+#[test]
+fn direct_tls_with_alpn_is_accepted_and_without_alpn_refused() {
+    require_root();
+    let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
+    let (_cg, d) = daemon("pg-direct", 944, &pg, "upstream_tls = \"disable\"");
+    let ca = export_ca(&d);
+    let probe = |alpn: bool| {
+        let code = format!(
+            r#"
+import socket, ssl, struct, sys
+ctx = ssl.create_default_context(cafile="{ca}")
+{alpn}
+raw = socket.create_connection(("{host}", {port}), timeout=10)
+try:
+    s = ctx.wrap_socket(raw, server_hostname="{host}")
+except Exception as e:
+    print("handshake failed:", e)
+    sys.exit(0)
+print("alpn:", s.selected_alpn_protocol())
+params = b"user\x00app\x00database\x00ci\x00\x00"
+s.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
+data = b""
+try:
+    while b"Z\x00\x00\x00\x05" not in data:
+        c = s.recv(65536)
+        if not c:
+            break
+        data += c
+except Exception as e:
+    print("read failed:", e)
+print("ready" if b"Z\x00\x00\x00\x05" in data else "not ready: %r" % data[:200])
+"#,
+            ca = ca.display(),
+            host = pg.host(),
+            port = pg.port(),
+            alpn = if alpn {
+                "ctx.set_alpn_protocols(['postgresql'])"
+            } else {
+                ""
+            },
+        );
+        let out = in_cgroup(&d, &pg, "app", &[PYTHON3, "-c", &code])
+            .output()
+            .expect("python");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let with = probe(true);
+    assert!(
+        with.contains("alpn: postgresql") && with.contains("ready"),
+        "{with}"
+    );
+    let without = probe(false);
+    assert!(
+        !without.contains("ready\n"),
+        "direct TLS without ALPN was served: {without}"
+    );
+    let s = sessions(&d);
+    assert!(
+        s.iter()
+            .any(|s| s["client_tls"] == true && s["db_user"] == "app"),
+        "{s:?}"
+    );
+}
+
+/// Each strategy end to end: partial, hash (a prefix of `audit hash`), null.
+#[test]
+fn partial_hash_and_null_strategies() {
+    require_root();
+    let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
+    let masks = "\n[[mask]]\nname = \"emails\"\nstores = [\"postgres\"]\ncolumns = [\"users.email\"]\nstrategy = \"partial\"\n\n\
+                 [[mask]]\nname = \"names\"\nstores = [\"postgres\"]\ncolumns = [\"public.users.name\"]\nstrategy = \"hash\"\n\n\
+                 [[mask]]\nname = \"ids\"\nstores = [\"postgres\"]\ncolumns = [\"users.id\"]\nstrategy = \"null\"\n";
+    let (_cg, d) = daemon(
+        "pg-strategies",
+        945,
+        &pg,
+        &format!("upstream_tls = \"disable\"\n{masks}"),
+    );
+    let out = in_cgroup(
+        &d,
+        &pg,
+        "app",
+        &[
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT id IS NULL, name FROM users",
+            "-c",
+            "SELECT id, name, email FROM users LIMIT 1",
+        ],
+    )
+    .output()
+    .expect("psql");
+    // `id IS NULL` is an expression over a masked column: denied.
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("42501") || stderr.contains("interceptor:"),
+        "{}",
+        text(&out)
+    );
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let hash = d.cli(&["audit", "hash", "alice"]);
+    let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+    assert!(hash.starts_with("hmac:"), "{hash}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0], format!("|{}|****.com", &hash[..21]), "{out}");
+}

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask <setup|build|run|test|bench>`.
+//! Project tasks: `cargo xtask <setup|build|run|test|bench|fuzz>`.
 
+mod fuzz;
 mod setup;
 mod util;
 
@@ -48,11 +49,28 @@ enum Task {
     },
     /// Release build, then the same workloads direct and intercepted, reported as ratios (root).
     Bench {
-        /// Run only this workload (connect, rtt, stream, parallel).
+        /// Run only this workload (connect, rtt, stream, parallel), `audit`, or
+        /// `postgres`: pgbench direct, through pgbouncer and through interceptor
+        /// (not part of the default run). INTERCEPTOR_BENCH_PG_PROTOCOL=tcp
+        /// serves the store with the tcp relay instead of the postgres handler.
         workload: Option<String>,
+        /// Seconds per pgbench run (`postgres` only; default 10).
+        #[arg(long)]
+        seconds: Option<u64>,
     },
-    /// fmt check, clippy, build, then the whole test suite as root.
+    /// Fuzz the PostgreSQL codec and the SQL analyzer (cargo-fuzz, nightly, libFuzzer).
+    Fuzz {
+        /// Only this target (pg_frontend, pg_backend, sql_analyze); default all, one after another.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
+    /// fmt check, clippy, build, the whole test suite as root, then a short run of each fuzz target.
     Test {
+        /// Seconds per fuzz target after the tests (0 skips fuzzing).
+        #[arg(long, default_value_t = fuzz::TEST_SECONDS)]
+        fuzz_seconds: u64,
         /// Extra arguments for `cargo test` (e.g. a test name filter; args after a
         /// second `--` go to the test harness).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -66,8 +84,9 @@ fn main() -> ExitCode {
         Task::Setup { dry_run, force } => setup::setup(setup::Options { dry_run, force }),
         Task::Build { release } => build(release).map(|bin| println!("binary: {}", bin.display())),
         Task::Run { args } => run_daemon(args),
-        Task::Test { args } => test(args),
-        Task::Bench { workload } => bench(workload),
+        Task::Test { fuzz_seconds, args } => test(fuzz_seconds, args),
+        Task::Bench { workload, seconds } => bench(workload, seconds),
+        Task::Fuzz { target, seconds } => fuzz::fuzz(target.as_deref(), seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,7 +139,7 @@ fn run_daemon(args: Vec<String>) -> Result<()> {
     Err(err).with_context(|| format!("could not exec {}", bin.display()))
 }
 
-fn bench(workload: Option<String>) -> Result<()> {
+fn bench(workload: Option<String>, seconds: Option<u64>) -> Result<()> {
     if !is_root() {
         bail!("`cargo xtask bench` must run as root: it attaches the daemon to a child cgroup");
     }
@@ -137,11 +156,14 @@ fn bench(workload: Option<String>) -> Result<()> {
     let driver = target_dir()?.join("release").join("interceptor-bench");
     let mut cmd = std::process::Command::new(&driver);
     cmd.env("INTERCEPTOR_BIN", &bin).args(workload);
+    if let Some(seconds) = seconds {
+        cmd.arg("--seconds").arg(seconds.to_string());
+    }
     step(format!("running {}", show(&cmd)));
     run(&mut cmd)
 }
 
-fn test(args: Vec<String>) -> Result<()> {
+fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
     if !is_root() {
         bail!(
             "`cargo xtask test` must run as root: the integration tests load eBPF programs, \
@@ -197,6 +219,10 @@ fn test(args: Vec<String>) -> Result<()> {
     drop(out);
     let status = child.wait()?;
 
+    // The fuzz runs come after a clean test run; the tally stays the last line.
+    let tests_ok = tally.failed == 0 && status.success() && tally.results > 0;
+    let fuzzed = (tests_ok && fuzz_seconds > 0).then(|| fuzz::fuzz(None, fuzz_seconds));
+
     println!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 {
         bail!("{} test(s) failed (see above)", tally.failed);
@@ -206,6 +232,9 @@ fn test(args: Vec<String>) -> Result<()> {
     }
     if tally.results == 0 {
         bail!("`cargo test` reported no test results");
+    }
+    if let Some(result) = fuzzed {
+        result.context("fuzzing found a problem (see above)")?;
     }
     Ok(())
 }

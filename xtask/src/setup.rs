@@ -25,7 +25,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "postgresql-client",
     "openssl",
     "hyperfine",
+    "pgbouncer",
 ];
+
+/// cargo-fuzz, for `cargo xtask fuzz` and the fuzz runs of `cargo xtask test`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Accounts the PostgreSQL test harness (tests/src/pg.rs) runs initdb and
 /// postgres as (initdb refuses root): Debian's `postgres` when the server
@@ -116,6 +120,7 @@ pub fn setup(opts: Options) -> Result<()> {
     let nightly = Nightly::detect()?;
     s.rust_src(&nightly)?;
     s.bpf_linker(&nightly)?;
+    s.cargo_fuzz()?;
     s.apt_packages()?;
     s.pypi_packages()?;
     s.pg_server_user()?;
@@ -278,6 +283,39 @@ impl Setup {
                 .context("bpf-linker was installed but does not run: is ~/.cargo/bin on PATH?")?;
         }
         self.record("bpf-linker", self.done());
+        Ok(())
+    }
+
+    /// cargo-fuzz (a cargo subcommand; it drives the nightly toolchain).
+    /// Any working version is kept; a missing one is installed at the pin.
+    fn cargo_fuzz(&mut self) -> Result<()> {
+        let name = "cargo-fuzz";
+        let mut check = Command::new("cargo");
+        check.args(["fuzz", "--version"]);
+        if !self.opts.force {
+            if let Ok(version) = output(&mut check) {
+                let version = version.trim().to_string();
+                self.record(name, format!("ok ({version})"));
+                return Ok(());
+            }
+        }
+        step(format!(
+            "installing cargo-fuzz {CARGO_FUZZ_VERSION} (~1 min)"
+        ));
+        self.exec(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))
+        .context("could not install cargo-fuzz: see the cargo output above")?;
+        if !self.opts.dry_run {
+            output(&mut check).context(
+                "cargo-fuzz was installed but `cargo fuzz` does not run: is ~/.cargo/bin on PATH?",
+            )?;
+        }
+        self.record(name, self.done());
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 
 use sqlparser::{
     dialect::PostgreSqlDialect,
-    tokenizer::{Token, Tokenizer, Whitespace},
+    tokenizer::{Token, Tokenizer},
 };
 
 use super::hostkey::HostKey;
@@ -32,31 +32,35 @@ pub fn statement_for_audit(sql: &str, mode: StatementMode, key: &HostKey) -> Str
 pub fn normalize_sql(sql: &str) -> Option<String> {
     let dialect = PostgreSqlDialect {};
     let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
-    let mut out = String::with_capacity(sql.len());
+    Some(normalize_tokens(tokens.iter(), sql.len()))
+}
+
+/// [`normalize_sql`] over tokens already cut (the SQL analyzer shares its
+/// tokens, so a statement is tokenized once). Writes straight into the
+/// output: no allocation per token.
+pub fn normalize_tokens<'a>(tokens: impl Iterator<Item = &'a Token>, capacity: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(capacity);
     let mut n = 0usize;
     let mut pending_space = false;
     for token in tokens {
-        let text = match &token {
-            Token::Whitespace(
-                Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_),
-            )
-            | Token::Whitespace(_) => {
-                pending_space = true;
-                continue;
-            }
-            t if is_literal(t) => {
-                n += 1;
-                format!("${n}")
-            }
-            t => t.to_string(),
-        };
+        if matches!(token, Token::Whitespace(_) | Token::EOF) {
+            pending_space = true;
+            continue;
+        }
         if pending_space && !out.is_empty() {
             out.push(' ');
         }
         pending_space = false;
-        out.push_str(&text);
+        // Writing into a String cannot fail.
+        if is_literal(token) {
+            n += 1;
+            let _ = write!(out, "${n}");
+        } else {
+            let _ = write!(out, "{token}");
+        }
     }
-    Some(out)
+    out
 }
 
 fn is_literal(t: &Token) -> bool {

@@ -96,6 +96,17 @@ pub fn analyze(sql: &str) -> Analysis {
 /// `i`, or `None` when that statement did not parse (or was too complex to
 /// parse safely).
 pub fn analyze_parsed(sql: &str) -> (Analysis, Vec<Option<Statement>>) {
+    let (analysis, asts, _) = analyze_full(sql, false);
+    (analysis, asts)
+}
+
+/// [`analyze_parsed`], and with `normalize` also the text as the audit trail
+/// records it ([`crate::audit::normalize::normalize_tokens`]) from the same
+/// tokens. The normalized text is `None` when the SQL does not tokenize.
+pub fn analyze_full(
+    sql: &str,
+    normalize: bool,
+) -> (Analysis, Vec<Option<Statement>>, Option<String>) {
     let dialect = PostgreSqlDialect {};
     let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
         Ok(tokens) => tokens,
@@ -119,9 +130,13 @@ pub fn analyze_parsed(sql: &str) -> (Analysis, Vec<Option<Statement>>) {
                     unparsable: Some(error),
                 },
                 parsed,
+                None,
             );
         }
     };
+    let normalized = normalize.then(|| {
+        crate::audit::normalize::normalize_tokens(tokens.iter().map(|t| &t.token), sql.len())
+    });
 
     let mut analysis = Analysis::default();
     let mut asts = Vec::new();
@@ -165,7 +180,7 @@ pub fn analyze_parsed(sql: &str) -> (Analysis, Vec<Option<Statement>>) {
             }
         }
     }
-    (analysis, asts)
+    (analysis, asts, normalized)
 }
 
 /// Splits a token stream on top-level `;`, dropping pieces that hold only

@@ -58,7 +58,7 @@ use crate::{
     policy::{
         mask_sql::{self, CATALOG_SQL},
         rules::{SessionPolicy, Verdict},
-        sql::{analyze, analyze_parsed, Analysis},
+        sql::{analyze_full, Analysis},
     },
     protocol::tcp::Upstream,
     proxy::{record_session, reset},
@@ -1187,15 +1187,19 @@ impl ClientSide {
 
     /// Analyzes `sql` (parsed once), then applies the rules and, when the
     /// store masks columns, the masking check to every statement.
-    fn decide(&self, ctx: &Ctx, sql: &str) -> (Analysis, Option<Denial>) {
-        if !ctx.store.masks.has_columns() {
-            let analysis = analyze(sql);
-            let denied = self.decide_rules(ctx, &analysis);
-            return (analysis, denied);
-        }
-        let (analysis, parsed) = analyze_parsed(sql);
+    /// Also returns the statement as the audit trail records it.
+    fn decide(&self, ctx: &Ctx, sql: &str) -> (Analysis, Option<Denial>, String) {
+        let normalized = ctx.store.statements == StatementMode::Normalized;
+        let (analysis, parsed, audit_text) = analyze_full(sql, normalized);
+        // Untokenizable text: only its size and hash are kept.
+        let audit_text = audit_text.unwrap_or_else(|| {
+            statement_for_audit(sql, ctx.store.statements, &ctx.store.masks.key)
+        });
         if let Some(d) = self.decide_rules(ctx, &analysis) {
-            return (analysis, Some(d));
+            return (analysis, Some(d), audit_text);
+        }
+        if !ctx.store.masks.has_columns() {
+            return (analysis, None, audit_text);
         }
         let catalogs = ctx.lock().catalogs.clone();
         for (i, statement) in parsed.iter().enumerate() {
@@ -1218,10 +1222,10 @@ impl ClientSide {
                     message: format!("the statement would reveal masked values: {reason}"),
                     reason,
                 };
-                return (analysis, Some(denial));
+                return (analysis, Some(denial), audit_text);
             }
         }
-        (analysis, None)
+        (analysis, None, audit_text)
     }
 
     fn decide_rules(&self, ctx: &Ctx, analysis: &Analysis) -> Option<Denial> {
@@ -1251,8 +1255,7 @@ impl ClientSide {
                 return d.clone();
             }
         }
-        let (analysis, denied) = self.decide(ctx, sql);
-        let statement = statement_for_audit(sql, ctx.store.statements, &ctx.store.masks.key);
+        let (analysis, denied, statement) = self.decide(ctx, sql);
         let infos = if analysis.statements.is_empty() {
             vec![("EMPTY".into(), None)]
         } else {
