@@ -788,7 +788,15 @@ fn key<T>(node: &T) -> usize {
 /// Cheap first pass: could anything in the statement involve a masked
 /// column? Only common statements are judged here; anything else gets the
 /// full check.
-fn needs_check(statement: &Statement, catalog: &MaskCatalog, matcher: &dyn ColumnMatcher) -> bool {
+/// Whether [`check`] has anything to look at: false when no identifier in
+/// the statement could name a masked column and every relation it names is
+/// known to be clean. Then the verdict cannot depend on the statement's
+/// literals either, which lets callers reuse it for the same statement shape.
+pub fn needs_check(
+    statement: &Statement,
+    catalog: &MaskCatalog,
+    matcher: &dyn ColumnMatcher,
+) -> bool {
     struct Prescan<'c> {
         catalog: &'c MaskCatalog,
         matcher: &'c dyn ColumnMatcher,

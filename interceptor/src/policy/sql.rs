@@ -107,13 +107,11 @@ pub fn analyze_full(
     sql: &str,
     normalize: bool,
 ) -> (Analysis, Vec<Option<Statement>>, Option<String>) {
-    let dialect = PostgreSqlDialect {};
-    let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
+    let tokens = match tokenize_sql(sql) {
         Ok(tokens) => tokens,
-        Err(e) => {
+        Err(error) => {
             // Unterminated quote and the like: nothing can be split reliably,
             // so the whole text is one unparsable statement.
-            let error = e.to_string();
             let statements = if sql.trim().is_empty() {
                 Vec::new()
             } else {
@@ -137,6 +135,20 @@ pub fn analyze_full(
     let normalized = normalize.then(|| {
         crate::audit::normalize::normalize_tokens(tokens.iter().map(|t| &t.token), sql.len())
     });
+    let (analysis, asts) = analyze_tokens(tokens);
+    (analysis, asts, normalized)
+}
+
+/// The PostgreSQL tokens of `sql`, or the tokenizer's error.
+pub fn tokenize_sql(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| e.to_string())
+}
+
+/// [`analyze_parsed`] over the tokens of [`tokenize_sql`].
+pub fn analyze_tokens(tokens: Vec<TokenWithSpan>) -> (Analysis, Vec<Option<Statement>>) {
+    let dialect = PostgreSqlDialect {};
 
     let mut analysis = Analysis::default();
     let mut asts = Vec::new();
@@ -180,7 +192,7 @@ pub fn analyze_full(
             }
         }
     }
-    (analysis, asts, normalized)
+    (analysis, asts)
 }
 
 /// Splits a token stream on top-level `;`, dropping pieces that hold only

@@ -53,12 +53,15 @@ use super::frontend::{
 use super::masking::{encode_fields, parse_fields, Catalogs, Plan, StoreMasks};
 use super::{error_response, PgStr};
 use crate::{
-    audit::{normalize::statement_for_audit, CommandEvent, Decision, Recorder, SessionRecord},
+    audit::{
+        normalize::{normalize_tokens, statement_for_audit},
+        CommandEvent, Decision, Recorder, SessionRecord,
+    },
     config::{StatementMode, StoreConfig, UpstreamTls},
     policy::{
         mask_sql::{self, CATALOG_SQL},
         rules::{SessionPolicy, Verdict},
-        sql::{analyze_full, Analysis},
+        sql::{analyze_full, analyze_tokens, tokenize_sql, Analysis},
     },
     protocol::tcp::Upstream,
     proxy::{record_session, reset},
@@ -963,6 +966,7 @@ where
 {
     let mut up = ClientSide {
         cache: HashMap::new(),
+        shapes: HashMap::new(),
         statements: HashMap::new(),
         portals: HashMap::new(),
     };
@@ -1083,6 +1087,9 @@ struct ClientSide {
     portals: HashMap<String, String>,
     /// SQL text -> decision, valid for the catalog it was made under.
     cache: HashMap<String, (Arc<Catalogs>, Arc<Decided>)>,
+    /// Normalized text -> decision, for verdicts that do not depend on
+    /// literals (see [`ClientSide::decide`]).
+    shapes: HashMap<String, (Arc<Catalogs>, Arc<Decided>)>,
 }
 
 /// What the policy made of one SQL text.
@@ -1185,26 +1192,30 @@ impl ClientSide {
         Ok(Flow::Continue)
     }
 
-    /// Analyzes `sql` (parsed once), then applies the rules and, when the
-    /// store masks columns, the masking check to every statement.
-    /// Also returns the statement as the audit trail records it.
-    fn decide(&self, ctx: &Ctx, sql: &str) -> (Analysis, Option<Denial>, String) {
-        let normalized = ctx.store.statements == StatementMode::Normalized;
-        let (analysis, parsed, audit_text) = analyze_full(sql, normalized);
-        // Untokenizable text: only its size and hash are kept.
-        let audit_text = audit_text.unwrap_or_else(|| {
-            statement_for_audit(sql, ctx.store.statements, &ctx.store.masks.key)
-        });
-        if let Some(d) = self.decide_rules(ctx, &analysis) {
-            return (analysis, Some(d), audit_text);
+    /// The rules and, when the store masks columns, the masking check over
+    /// every parsed statement. The flag says whether the verdict holds for
+    /// any statement of the same shape (same text up to literals): the rules
+    /// never look at literals, and the masking check had nothing to look at.
+    fn decide(
+        &self,
+        ctx: &Ctx,
+        analysis: &Analysis,
+        parsed: &[Option<sqlparser::ast::Statement>],
+        catalogs: &Catalogs,
+    ) -> (Option<Denial>, bool) {
+        if let Some(d) = self.decide_rules(ctx, analysis) {
+            return (Some(d), true);
         }
         if !ctx.store.masks.has_columns() {
-            return (analysis, None, audit_text);
+            return (None, true);
         }
-        let catalogs = ctx.lock().catalogs.clone();
+        let mut shape_safe = true;
         for (i, statement) in parsed.iter().enumerate() {
             let verdict = match statement {
-                Some(st) => mask_sql::check(st, &catalogs.union, &ctx.store.masks),
+                Some(st) => {
+                    shape_safe &= !mask_sql::needs_check(st, &catalogs.union, &ctx.store.masks);
+                    mask_sql::check(st, &catalogs.union, &ctx.store.masks)
+                }
                 // Unparsable statements reach here only when a rule allowed
                 // them explicitly; masking cannot vouch for them.
                 None => Err(format!(
@@ -1222,10 +1233,10 @@ impl ClientSide {
                     message: format!("the statement would reveal masked values: {reason}"),
                     reason,
                 };
-                return (analysis, Some(denial), audit_text);
+                return (Some(denial), false);
             }
         }
-        (analysis, None, audit_text)
+        (None, shape_safe)
     }
 
     fn decide_rules(&self, ctx: &Ctx, analysis: &Analysis) -> Option<Denial> {
@@ -1245,9 +1256,12 @@ impl ClientSide {
         }
     }
 
-    /// The decision on `sql`, from this session's cache when the same text
-    /// was decided under the same catalog (clients repeat their statements:
-    /// every extended-protocol execution re-sends its Parse).
+    /// The decision on `sql`, from this session's caches when the same
+    /// text, or (for verdicts that cannot depend on literals) the same
+    /// normalized text, was decided under the same catalog. Clients repeat
+    /// their statements: every extended-protocol execution re-sends its
+    /// Parse, and simple-protocol clients inline different literals into the
+    /// same statement. A shape hit costs a tokenization instead of a parse.
     fn decided(&mut self, ctx: &Ctx, sql: &str) -> Arc<Decided> {
         let catalogs = ctx.lock().catalogs.clone();
         if let Some((at, d)) = self.cache.get(sql) {
@@ -1255,7 +1269,34 @@ impl ClientSide {
                 return d.clone();
             }
         }
-        let (analysis, denied, statement) = self.decide(ctx, sql);
+        let normalized_mode = ctx.store.statements == StatementMode::Normalized;
+        let (analysis, parsed, audit_text) = match tokenize_sql(sql) {
+            Ok(tokens) => {
+                let normalized = normalize_tokens(tokens.iter().map(|t| &t.token), sql.len());
+                if normalized_mode {
+                    if let Some((at, d)) = self.shapes.get(&normalized) {
+                        if Arc::ptr_eq(at, &catalogs) {
+                            return d.clone();
+                        }
+                    }
+                }
+                let (analysis, parsed) = analyze_tokens(tokens);
+                let text = if normalized_mode {
+                    normalized
+                } else {
+                    sql.to_string()
+                };
+                (analysis, parsed, text)
+            }
+            // Untokenizable: one unparsable statement; only its size and
+            // hash are kept for the audit trail.
+            Err(_) => {
+                let (analysis, parsed, _) = analyze_full(sql, false);
+                let text = statement_for_audit(sql, ctx.store.statements, &ctx.store.masks.key);
+                (analysis, parsed, text)
+            }
+        };
+        let (denied, shape_safe) = self.decide(ctx, &analysis, &parsed, &catalogs);
         let infos = if analysis.statements.is_empty() {
             vec![("EMPTY".into(), None)]
         } else {
@@ -1268,16 +1309,24 @@ impl ClientSide {
         let d = Arc::new(Decided {
             denied,
             infos,
-            statement,
+            statement: audit_text,
             ddl: analysis.statements.iter().any(|s| is_ddl(&s.kind)),
         });
-        // Bounded: a client sending endless distinct texts (literals
-        // inlined) just keeps missing.
+        // Bounded: a client sending endless distinct texts just keeps
+        // missing.
         if sql.len() <= 4096 {
             if self.cache.len() >= 256 {
                 self.cache.clear();
             }
-            self.cache.insert(sql.to_string(), (catalogs, d.clone()));
+            self.cache
+                .insert(sql.to_string(), (catalogs.clone(), d.clone()));
+            if shape_safe && normalized_mode && analysis.unparsable.is_none() {
+                if self.shapes.len() >= 256 {
+                    self.shapes.clear();
+                }
+                self.shapes
+                    .insert(d.statement.clone(), (catalogs, d.clone()));
+            }
         }
         d
     }
