@@ -3,4 +3,5 @@
 //! and returns why it ended.
 
 pub mod postgres;
+pub mod redis;
 pub mod tcp;
