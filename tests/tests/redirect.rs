@@ -335,6 +335,9 @@ ok = refused = direct = 0
 end = time.time() + 6
 while time.time() < end:
     s = socket.socket()
+    # A connect that lands in the dying daemon's SYN queue can be dropped
+    # without a reset: never wait on one forever.
+    s.settimeout(2)
     try:
         s.connect(('127.0.0.1', {port}))
         banner = s.makefile().readline().strip()
