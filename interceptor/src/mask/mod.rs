@@ -67,9 +67,9 @@ impl NamePart {
         // Names are nearly always lower-case ASCII already: no allocation.
         let folded = name.is_ascii() && !name.bytes().any(|b| b.is_ascii_uppercase());
         if self.exact_case || folded {
-            glob_match(self.glob.as_bytes(), name.as_bytes())
+            crate::policy::sql::glob_match(self.glob.as_bytes(), name.as_bytes())
         } else {
-            glob_match(self.glob.as_bytes(), name.to_lowercase().as_bytes())
+            crate::policy::sql::glob_match(self.glob.as_bytes(), name.to_lowercase().as_bytes())
         }
     }
 }
@@ -91,29 +91,6 @@ fn split_parts(pattern: &str) -> Vec<&str> {
     }
     parts.push(&pattern[start..]);
     parts
-}
-
-/// Wildcard match (`*` any run, everything else literal) with a single
-/// backtrack point: linear in practice, no recursion.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 impl ColumnPatterns {

@@ -748,9 +748,11 @@ impl Glob {
     }
 }
 
-/// Iterative wildcard match with single backtrack point: linear in practice
-/// and no recursion, so hostile names cannot blow the stack.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+/// Iterative wildcard match (`*` any run, everything else literal, case as
+/// given) with single backtrack point: linear in practice and no recursion,
+/// so hostile names cannot blow the stack. Shared with the mask column
+/// patterns, which need exact case for quoted names.
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
