@@ -93,7 +93,7 @@ pub async fn serve(
 
 /// Ends a session the audit journal could not take: reset the client, and
 /// try to record why (it succeeds once the journal is writable again).
-fn refuse(client: TcpStream, mut session: SessionRecord, recorder: &dyn Recorder) {
+pub(crate) fn refuse(client: TcpStream, mut session: SessionRecord, recorder: &dyn Recorder) {
     reset(client);
     session.close(REFUSED);
     record_session(recorder, &session);

@@ -222,7 +222,7 @@ fn read_values(
 
 /// The format of value `index` under PostgreSQL's rule: no codes = all text,
 /// one code = all values, otherwise one code per value.
-fn format_of(formats: &[Format], index: usize) -> Format {
+pub(crate) fn format_of(formats: &[Format], index: usize) -> Format {
     match formats {
         [] => Format::Text,
         [one] => *one,

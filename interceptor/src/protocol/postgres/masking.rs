@@ -11,10 +11,11 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::backend::{Field, RowDescription};
-use super::codec::{Format, Frame, Message};
+use super::backend::{ErrorResponse, Field, NoticeResponse, RowDescription};
+use super::codec::{Format, Frame, Message, PgStr};
+use super::frontend::format_of;
 use crate::audit::hostkey::HostKey;
 use crate::config::{MaskConfig, MaskStrategy};
 use crate::mask::{self, ColumnPatterns, Detectors, Masked};
@@ -158,12 +159,7 @@ impl StoreMasks {
         let mut active = false;
         let mut unknown = false;
         for (i, f) in fields.iter().enumerate() {
-            let format = match formats {
-                None => f.format,
-                Some([]) => Format::Text,
-                Some([one]) => *one,
-                Some(many) => many.get(i).copied().unwrap_or_default(),
-            };
+            let format = formats.map_or(f.format, |fs| format_of(fs, i));
             let mut strategy = None;
             if self.has_columns() {
                 if f.table_oid != 0 {
@@ -270,12 +266,14 @@ impl StoreMasks {
         let text = std::str::from_utf8(value).ok()?;
         let mut current: Option<(Masked, usize)> = None;
         for (d, strategy) in &self.detectors {
+            // The value as earlier detectors left it; no copy while none
+            // matched (the common case: every text value is scanned).
             let input = match &current {
-                Some((Masked::Value(b), _)) => std::str::from_utf8(b).ok()?.to_string(),
+                Some((Masked::Value(b), _)) => std::str::from_utf8(b).ok()?,
                 Some((Masked::Null, _)) => return current,
-                None => text.to_string(),
+                None => text,
             };
-            if let Some((m, n)) = d.mask(&input, *strategy, &self.key) {
+            if let Some((m, n)) = d.mask(input, *strategy, &self.key) {
                 let total = current.as_ref().map_or(0, |c| c.1) + n;
                 current = Some((m, total));
             }
@@ -297,7 +295,7 @@ impl StoreMasks {
     /// echoes row values ("Failing row contains (...)"), the DETAIL is
     /// replaced when the store masks columns.
     pub fn mask_error(&self, frame: &Frame) -> Option<(Bytes, u64)> {
-        let tag = frame.tag?;
+        let notice = frame.tag? == b'N';
         let fields = parse_fields(&frame.body)?;
         let code = fields
             .iter()
@@ -314,7 +312,7 @@ impl StoreMasks {
                 masked += 1;
                 out_fields.push((
                     t,
-                    "(detail hidden by interceptor: it may echo masked values)".to_string(),
+                    PgStr::from("(detail hidden by interceptor: it may echo masked values)"),
                 ));
                 continue;
             }
@@ -323,19 +321,24 @@ impl StoreMasks {
                     changed = true;
                     masked += n as u64;
                     let text = match m {
-                        Masked::Null => "********".to_string(),
-                        Masked::Value(b) => String::from_utf8_lossy(&b).into_owned(),
+                        Masked::Null => PgStr::from(mask::REDACTED),
+                        Masked::Value(b) => PgStr::from(String::from_utf8_lossy(&b).into_owned()),
                     };
                     out_fields.push((t, text));
                     continue;
                 }
             }
-            out_fields.push((t, v));
+            out_fields.push((t, PgStr::from(v)));
         }
         if !changed {
             return None;
         }
-        Some((encode_fields(tag, &out_fields), masked))
+        let bytes = if notice {
+            NoticeResponse { fields: out_fields }.to_bytes()
+        } else {
+            ErrorResponse { fields: out_fields }.to_bytes()
+        };
+        Some((bytes, masked))
     }
 }
 
@@ -379,7 +382,10 @@ impl Plan {
     }
 }
 
-/// The (code, text) fields of an ErrorResponse or NoticeResponse body.
+/// The (code, text) fields of an ErrorResponse or NoticeResponse body,
+/// read leniently: a server whose messages are not UTF-8 (another
+/// `client_encoding`) still gets its errors masked, where the strict
+/// [`ErrorResponse`] decoder would refuse them. Re-encoded with that type.
 pub fn parse_fields(body: &[u8]) -> Option<Vec<(u8, String)>> {
     let mut out = Vec::new();
     let mut rest = body;
@@ -392,22 +398,4 @@ pub fn parse_fields(body: &[u8]) -> Option<Vec<(u8, String)>> {
         out.push((t, String::from_utf8_lossy(&tail[..nul]).into_owned()));
         rest = &tail[nul + 1..];
     }
-}
-
-/// Encodes an ErrorResponse/NoticeResponse from its fields.
-pub fn encode_fields(tag: u8, fields: &[(u8, String)]) -> Bytes {
-    let mut body = BytesMut::new();
-    for (t, v) in fields {
-        body.put_u8(*t);
-        // Field text comes from a server message or from us: no NULs inside
-        // (parse_fields split on them), so this stays well-formed.
-        body.put_slice(v.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.put_u8(tag);
-    out.put_u32((body.len() + 4) as u32);
-    out.put_slice(&body);
-    out.freeze()
 }

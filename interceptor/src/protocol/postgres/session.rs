@@ -48,9 +48,9 @@ use super::codec::{
     DEFAULT_MAX_BACKEND_MESSAGE, DEFAULT_MAX_MESSAGE, MAX_STARTUP_MESSAGE,
 };
 use super::frontend::{
-    Bind, CancelRequest, Close, Describe, Execute, Parse, Query, Startup, Target,
+    Bind, CancelRequest, Close, CopyData, Describe, Execute, Parse, Query, Startup, Target,
 };
-use super::masking::{encode_fields, parse_fields, Catalogs, Plan, StoreMasks};
+use super::masking::{parse_fields, Catalogs, Plan, StoreMasks};
 use super::{error_response, PgStr};
 use crate::{
     audit::{
@@ -64,7 +64,7 @@ use crate::{
         sql::{analyze_full, analyze_tokens, tokenize_sql, Analysis},
     },
     protocol::tcp::Upstream,
-    proxy::{record_session, reset},
+    proxy::record_session,
     tls::{LocalCa, UpstreamTlsConfig},
 };
 
@@ -192,28 +192,15 @@ pub async fn serve(
 ) {
     // Write-before-forward: the session is journaled before a byte reaches
     // the server.
+    if !record_session(&*recorder, &session) {
+        return crate::protocol::tcp::refuse(client, session, &*recorder);
+    }
     let upstream = match upstream {
-        Upstream::Connected(r) => {
-            if !record_session(&*recorder, &session) {
-                reset(client);
-                session.close(REFUSED);
-                record_session(&*recorder, &session);
-                return;
-            }
-            r
-        }
-        Upstream::AfterJournal(connector, addr) => {
-            if !record_session(&*recorder, &session) {
-                reset(client);
-                session.close(REFUSED);
-                record_session(&*recorder, &session);
-                return;
-            }
-            connector
-                .connect(addr)
-                .await
-                .map_err(|e| format!("upstream connect to {addr} failed: {e}"))
-        }
+        Upstream::Connected(r) => r,
+        Upstream::AfterJournal(connector, addr) => connector
+            .connect(addr)
+            .await
+            .map_err(|e| format!("upstream connect to {addr} failed: {e}")),
     };
     let original_dst: SocketAddr = session
         .original_dst
@@ -1674,15 +1661,17 @@ async fn write_out<W: AsyncWrite + Unpin>(
 /// The 42501 error a denial answers with: the rule's message, what matched
 /// as DETAIL, the rule as HINT.
 fn denial_error(d: &Denial) -> Bytes {
-    let fields = vec![
-        (b'S', "ERROR".to_string()),
-        (b'V', "ERROR".to_string()),
-        (b'C', DENIED_SQLSTATE.to_string()),
-        (b'M', format!("interceptor: {}", d.message)),
-        (b'D', format!("denied: {}", d.reason)),
-        (b'H', format!("policy rule \"{}\"", d.rule)),
-    ];
-    encode_fields(b'E', &fields)
+    ErrorResponse {
+        fields: vec![
+            (b'S', PgStr::from("ERROR")),
+            (b'V', PgStr::from("ERROR")),
+            (b'C', PgStr::from(DENIED_SQLSTATE)),
+            (b'M', PgStr::from(format!("interceptor: {}", d.message))),
+            (b'D', PgStr::from(format!("denied: {}", d.reason))),
+            (b'H', PgStr::from(format!("policy rule \"{}\"", d.rule))),
+        ],
+    }
+    .to_bytes()
 }
 
 fn error_text(frame: &Frame) -> String {
@@ -1798,22 +1787,7 @@ fn on_server_frame(ctx: &Ctx, frame: Frame, out: &mut BytesMut) -> Result<(), St
                     *plan = Some(p);
                 }
                 b'D' => {
-                    let n = match plan.as_ref().filter(|p| p.active) {
-                        Some(p) => match masks.mask_row(&frame, p)? {
-                            Some((b, n)) => {
-                                out.put_slice(&b);
-                                n
-                            }
-                            None => {
-                                put_frame(out, &frame);
-                                0
-                            }
-                        },
-                        None => {
-                            put_frame(out, &frame);
-                            0
-                        }
-                    };
+                    let n = forward_row(masks, plan.as_ref(), &frame, out)?;
                     if let Some(ev) = events.get_mut(*current) {
                         ev.rows = Some(ev.rows.unwrap_or(0) + 1);
                         ev.masked_values += n;
@@ -2015,17 +1989,7 @@ fn on_server_frame(ctx: &Ctx, frame: Frame, out: &mut BytesMut) -> Result<(), St
                             }
                         }
                     }
-                    let mut n = 0;
-                    match plan.as_ref().filter(|p| p.active) {
-                        Some(p) => match masks.mask_row(&frame, p)? {
-                            Some((b, k)) => {
-                                out.put_slice(&b);
-                                n = k;
-                            }
-                            None => put_frame(out, &frame),
-                        },
-                        None => put_frame(out, &frame),
-                    }
+                    let n = forward_row(masks, plan.as_ref(), &frame, out)?;
                     *rows += 1;
                     *masked += n;
                     sh.session.masked_values += n;
@@ -2143,6 +2107,24 @@ fn portal_plan(
     }
 }
 
+/// A DataRow, masked under `plan` when it has work to do; returns the
+/// number of values masked.
+fn forward_row(
+    masks: &StoreMasks,
+    plan: Option<&Plan>,
+    frame: &Frame,
+    out: &mut BytesMut,
+) -> Result<u64, String> {
+    if let Some(p) = plan.filter(|p| p.active) {
+        if let Some((b, n)) = masks.mask_row(frame, p)? {
+            out.put_slice(&b);
+            return Ok(n);
+        }
+    }
+    put_frame(out, frame);
+    Ok(0)
+}
+
 fn forward_copy(
     ctx: &Ctx,
     frame: &Frame,
@@ -2152,12 +2134,8 @@ fn forward_copy(
 ) {
     let masks = &ctx.store.masks;
     if text && masks.has_detectors() {
-        if let Some((b, n)) = masks.mask_copy(&frame.body) {
-            let mut body = BytesMut::with_capacity(b.len() + 5);
-            body.put_u8(b'd');
-            body.put_u32((b.len() + 4) as u32);
-            body.put_slice(&b);
-            out.put_slice(&body);
+        if let Some((data, n)) = masks.mask_copy(&frame.body) {
+            out.put_slice(&CopyData { data }.to_bytes());
             if let Some(ev) = event {
                 ev.masked_values += n;
             }
