@@ -1756,21 +1756,37 @@ fn validate_sql(src: &Source<'_>, raw: &RawSql) -> Result<SqlMatch, ConfigError>
 }
 
 fn redis_command(src: &Source<'_>, c: &S<String>) -> Result<String, ConfigError> {
-    let words: Vec<String> = c
-        .get_ref()
-        .split_whitespace()
-        .map(str::to_ascii_uppercase)
-        .collect();
-    if words.iter().all(|w| {
-        w.chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '*' | '|' | '.'))
-    }) {
+    let v = c.get_ref();
+    if let Some(cat) = v.strip_prefix('@') {
+        return match crate::policy::redis_http::category(cat) {
+            Some(_) => Ok(format!("@{}", cat.to_ascii_lowercase())),
+            None => Err(src.at(
+                c,
+                format!("`{v}` is not a Redis ACL category this build knows"),
+                format!(
+                    "categories are {}",
+                    crate::policy::redis_http::CATEGORIES
+                        .iter()
+                        .map(|(n, _)| format!("\"@{n}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        };
+    }
+    let words: Vec<String> = v.split_whitespace().map(str::to_ascii_uppercase).collect();
+    if !words.is_empty()
+        && words.iter().all(|w| {
+            w.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '*' | '|' | '.'))
+        })
+    {
         Ok(words.join(" "))
     } else {
         Err(src.at(
             c,
-            format!("`{}` is not a Redis command", c.get_ref()),
-            "commands are names such as \"FLUSHALL\", \"CONFIG SET\" or \"EVAL*\"",
+            format!("`{v}` is not a Redis command"),
+            "commands are names such as \"FLUSHALL\", \"CONFIG SET\", \"EVAL*\", \"CLIENT REPLY OFF|SKIP\" or a category such as \"@dangerous\"",
         ))
     }
 }

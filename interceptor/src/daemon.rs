@@ -22,8 +22,12 @@ use crate::{
     config::{self, Config},
     control,
     policy::rules::Policy,
-    protocol::postgres::{masking::StoreMasks, session::PgStore},
-    proxy::{self, Proxy, Stats, UpstreamConnector},
+    protocol::{
+        http::session::HttpStore,
+        postgres::{masking::StoreMasks, session::PgStore},
+        redis::session::RedisStore,
+    },
+    proxy::{self, Handlers, Proxy, Stats, UpstreamConnector},
     redirect::{self, stores, InstallSpec, Redirector},
     tls::LocalCa,
 };
@@ -96,7 +100,7 @@ async fn run_async(cfg: Config) -> Result<()> {
         }
     }
     let recorder = Arc::new(JournalRecorder::new(journal.clone(), cfg.audit.on_failure));
-    let pg = postgres_stores(&cfg, &key)?;
+    let handlers = handlers(&cfg, &key)?;
 
     let (resolved, failures) = resolve(cfg.stores.clone()).await;
     for f in &failures {
@@ -117,20 +121,6 @@ async fn run_async(cfg: Config) -> Result<()> {
         store_entries = entries.len(),
         "attached: connects to stores from this cgroup are now intercepted"
     );
-    for store in &cfg.stores {
-        if !matches!(
-            store.protocol,
-            crate::config::Protocol::Tcp | crate::config::Protocol::Postgres
-        ) {
-            tracing::warn!(
-                store = %store.name,
-                protocol = %store.protocol,
-                "no {} handler in this build yet: connections to this store are refused (fail closed)",
-                store.protocol
-            );
-        }
-    }
-
     let proxy = Arc::new(Proxy {
         stores: cfg.stores.clone(),
         peers,
@@ -142,7 +132,7 @@ async fn run_async(cfg: Config) -> Result<()> {
         host: audit::hostname(),
         stats: Stats::default(),
         policy: Policy::new(&cfg.rules),
-        pg,
+        handlers,
     });
     let redirector = Arc::new(Mutex::new(redirector));
 
@@ -384,17 +374,10 @@ fn notify_systemd(state: &str) {
 
 /// The `postgres` stores, ready to serve: masks compiled, upstream TLS
 /// configured, and the local CA (created on first start) for client TLS.
-fn postgres_stores(
-    cfg: &Config,
-    key: &HostKey,
-) -> Result<std::collections::HashMap<String, Arc<PgStore>>> {
-    let mut out = std::collections::HashMap::new();
-    let pg_stores: Vec<_> = cfg
-        .stores
-        .iter()
-        .filter(|s| s.protocol == crate::config::Protocol::Postgres)
-        .collect();
-    if pg_stores.is_empty() {
+fn handlers(cfg: &Config, key: &HostKey) -> Result<Handlers> {
+    use crate::config::Protocol;
+    let mut out = Handlers::default();
+    if cfg.stores.iter().all(|s| s.protocol == Protocol::Tcp) {
         return Ok(out);
     }
     let ca = LocalCa::load_or_create(&cfg.daemon.state_dir).with_context(|| {
@@ -404,12 +387,41 @@ fn postgres_stores(
         )
     })?;
     tracing::info!(ca = %ca.cert_path().display(), "local CA ready: clients verify the proxy with it (`interceptor ca export`)");
-    for store in pg_stores {
-        let masks = StoreMasks::new(&store.name, &cfg.masks, key.clone())
-            .with_context(|| format!("store {}: masks", store.name))?;
-        let pg = PgStore::new(store, masks, Some(ca.clone()), cfg.audit.statements)
-            .with_context(|| format!("store {}: upstream TLS", store.name))?;
-        out.insert(store.name.clone(), Arc::new(pg));
+    for store in &cfg.stores {
+        let name = store.name.clone();
+        let ctx = || format!("store {}", store.name);
+        match store.protocol {
+            Protocol::Tcp => {}
+            Protocol::Postgres => {
+                let masks = StoreMasks::new(&store.name, &cfg.masks, key.clone())
+                    .with_context(|| format!("store {}: masks", store.name))?;
+                let pg = PgStore::new(store, masks, Some(ca.clone()), cfg.audit.statements)
+                    .with_context(|| format!("store {}: upstream TLS", store.name))?;
+                out.pg.insert(name, Arc::new(pg));
+            }
+            Protocol::Redis => {
+                let r = RedisStore::new(
+                    store,
+                    &cfg.masks,
+                    key.clone(),
+                    ca.clone(),
+                    cfg.audit.statements,
+                )
+                .with_context(ctx)?;
+                out.redis.insert(name, Arc::new(r));
+            }
+            Protocol::Http => {
+                let h = HttpStore::new(
+                    store,
+                    &cfg.masks,
+                    key.clone(),
+                    ca.clone(),
+                    cfg.audit.statements,
+                )
+                .with_context(ctx)?;
+                out.http.insert(name, Arc::new(h));
+            }
+        }
     }
     Ok(out)
 }

@@ -27,7 +27,9 @@ use crate::{
     config::{Protocol, StoreConfig},
     identity::{Identity, KernelIdentity},
     policy::rules::Policy,
-    protocol::{self, postgres::session::PgStore},
+    protocol::{
+        self, http::session::HttpStore, postgres::session::PgStore, redis::session::RedisStore,
+    },
     redirect::{stores, PeerTable},
 };
 
@@ -81,8 +83,36 @@ pub struct Proxy {
     pub stats: Stats,
     /// Every `[[rule]]`, narrowed per session to its store and process.
     pub policy: Policy,
-    /// The `postgres` stores, by name.
+    /// The protocol handlers' per-store state, by store name.
+    pub handlers: Handlers,
+}
+
+/// Per-store state of the protocol handlers, built once at start. A store
+/// of a parsing protocol that is missing here is refused (fail closed).
+#[derive(Default)]
+pub struct Handlers {
     pub pg: HashMap<String, Arc<PgStore>>,
+    pub redis: HashMap<String, Arc<RedisStore>>,
+    pub http: HashMap<String, Arc<HttpStore>>,
+}
+
+/// The handler a store's sessions go to.
+enum Handler {
+    Tcp,
+    Postgres(Arc<PgStore>),
+    Redis(Arc<RedisStore>),
+    Http(Arc<HttpStore>),
+}
+
+impl Handlers {
+    fn for_store(&self, store: &StoreConfig) -> Option<Handler> {
+        match store.protocol {
+            Protocol::Tcp => Some(Handler::Tcp),
+            Protocol::Postgres => self.pg.get(&store.name).cloned().map(Handler::Postgres),
+            Protocol::Redis => self.redis.get(&store.name).cloned().map(Handler::Redis),
+            Protocol::Http => self.http.get(&store.name).cloned().map(Handler::Http),
+        }
+    }
 }
 
 /// Binds the listener address and its loopback twin of the other family
@@ -184,10 +214,8 @@ impl Proxy {
             SocketAddr::new(stores::words_ip(&record.orig_addr), record.orig_port as u16);
         let kernel = kernel_identity(&record);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        match store.protocol {
-            Protocol::Tcp | Protocol::Postgres
-                if store.protocol == Protocol::Tcp || self.pg.contains_key(&store.name) =>
-            {
+        match self.handlers.for_store(store) {
+            Some(handler) => {
                 let (upstream, identity) = if self.recorder.available() {
                     // The upstream handshake and the /proc reads overlap:
                     // connect is started first, identity is read meanwhile.
@@ -207,30 +235,56 @@ impl Proxy {
                     )
                 };
                 let session = self.new_session(store, peer, original_dst, &identity);
-                match self.pg.get(&store.name) {
-                    Some(pg) => {
-                        let policy = self.policy.for_session(&store.name, &identity);
+                let recorder = self.recorder.clone();
+                let policy = || self.policy.for_session(&store.name, &identity);
+                match handler {
+                    Handler::Tcp => {
+                        protocol::tcp::serve(client, upstream, session, &*self.recorder).await
+                    }
+                    Handler::Postgres(pg) => {
                         protocol::postgres::session::serve(
                             client,
                             upstream,
                             session,
-                            pg.clone(),
-                            policy,
-                            self.recorder.clone(),
+                            pg,
+                            policy(),
+                            recorder,
                         )
                         .await
                     }
-                    None => protocol::tcp::serve(client, upstream, session, &*self.recorder).await,
+                    Handler::Redis(r) => {
+                        protocol::redis::session::serve(
+                            client,
+                            upstream,
+                            session,
+                            r,
+                            policy(),
+                            recorder,
+                        )
+                        .await
+                    }
+                    Handler::Http(h) => {
+                        protocol::http::session::serve(
+                            client,
+                            upstream,
+                            session,
+                            h,
+                            policy(),
+                            recorder,
+                        )
+                        .await
+                    }
                 }
             }
-            other => {
-                // No handler for this protocol yet: relaying raw bytes would
-                // skip every rule and mask, so the session is refused.
+            None => {
+                // No handler for this store: relaying raw bytes would skip
+                // every rule and mask, so the session is refused.
                 let mut session =
                     self.new_session(store, peer, original_dst, &Identity::resolve(kernel));
                 reset(client);
                 session.close(format!(
-                    "{other} handler not available in this build: connection refused (fail closed)"
+                    "{} handler not available in this build: connection refused (fail closed)",
+                    store.protocol
                 ));
                 record_session(&*self.recorder, &session);
             }

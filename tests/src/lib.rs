@@ -21,7 +21,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bao;
 pub mod pg;
+pub mod redis;
 
 pub const PYTHON: &str = "/usr/bin/python3";
 

@@ -16,7 +16,18 @@ use anyhow::{bail, Context, Result};
 use crate::util::{run, show, step, workspace_root};
 
 /// The fuzz targets (`fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: &[&str] = &["pg_frontend", "pg_backend", "sql_analyze"];
+pub const TARGETS: &[&str] = &[
+    "pg_frontend",
+    "pg_backend",
+    "sql_analyze",
+    "redis_resp",
+    "http_request",
+];
+
+#[path = "fuzz_seeds/http.rs"]
+mod http_seeds;
+#[path = "fuzz_seeds/redis.rs"]
+mod redis_seeds;
 
 /// The toolchain cargo-fuzz builds with (sanitizers need nightly); the same
 /// one that builds the eBPF programs.
@@ -394,6 +405,14 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
 
 /// (target, name, bytes) of every seed: valid messages and conversations.
 pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut all = pg_seeds();
+    all.extend(redis_seeds::seeds());
+    all.extend(http_seeds::seeds());
+    all
+}
+
+/// Seeds of the PostgreSQL and SQL targets.
+fn pg_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let ssl_request = untagged(&80_877_103u32.to_be_bytes());
     let gssenc_request = untagged(&80_877_104u32.to_be_bytes());
     let mut cancel = 80_877_102u32.to_be_bytes().to_vec();
@@ -613,7 +632,7 @@ mod tests {
     /// Every seed's messages are framed right: lengths add up to the file.
     #[test]
     fn seeds_are_well_framed() {
-        for (target, name, bytes) in seeds() {
+        for (target, name, bytes) in pg_seeds() {
             if target == "sql_analyze" {
                 assert!(std::str::from_utf8(&bytes).is_ok(), "{name}");
                 continue;

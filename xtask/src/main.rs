@@ -53,14 +53,16 @@ enum Task {
         /// `postgres`: pgbench direct, through pgbouncer and through interceptor
         /// (not part of the default run). INTERCEPTOR_BENCH_PG_PROTOCOL=tcp
         /// serves the store with the tcp relay instead of the postgres handler.
+        /// `redis`: redis-benchmark direct and through interceptor. `http`: wrk
+        /// against an OpenBao KV read, direct and through interceptor.
         workload: Option<String>,
-        /// Seconds per pgbench run (`postgres` only; default 10).
+        /// Seconds per run (`postgres`, `redis`, `http` only; default 10).
         #[arg(long)]
         seconds: Option<u64>,
     },
-    /// Fuzz the PostgreSQL codec and the SQL analyzer (cargo-fuzz, nightly, libFuzzer).
+    /// Fuzz the PostgreSQL, Redis and HTTP codecs and the SQL analyzer (cargo-fuzz, nightly, libFuzzer).
     Fuzz {
-        /// Only this target (pg_frontend, pg_backend, sql_analyze); default all, one after another.
+        /// Only this target (pg_frontend, pg_backend, sql_analyze, redis_resp, http_request); default all, one after another.
         target: Option<String>,
         /// Seconds per target.
         #[arg(long, default_value_t = 300)]

@@ -26,6 +26,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "hyperfine",
     "pgbouncer",
+    "wrk",
 ];
 
 /// cargo-fuzz, for `cargo xtask fuzz` and the fuzz runs of `cargo xtask test`.

@@ -6,6 +6,7 @@
 //! testable without a server.
 
 pub mod mask_sql;
+pub mod redis_http;
 pub mod rules;
 pub mod sql;
 

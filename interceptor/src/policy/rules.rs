@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::config::{Action, IdentityMatch, RuleConfig};
 use crate::identity::Identity;
 
+use super::redis_http::{HttpRule, RedisArgs, RedisRule};
 use super::sql::{Analysis, Glob, SqlRule};
 
 /// One compiled `[[rule]]`.
@@ -23,6 +24,8 @@ pub struct Rule {
     pub message: Option<String>,
     identity: Option<IdentityMatcher>,
     sql: Option<SqlRule>,
+    redis: Option<RedisRule>,
+    http: Option<HttpRule>,
 }
 
 /// Every rule of the config, in file order.
@@ -64,6 +67,8 @@ impl Policy {
                         message: r.message.clone(),
                         identity: r.identity.as_ref().map(IdentityMatcher::new),
                         sql: r.sql.as_ref().map(SqlRule::from_config),
+                        redis: r.redis.as_ref().map(RedisRule::from_config),
+                        http: r.http.as_ref().map(HttpRule::from_config),
                     })
                 })
                 .collect(),
@@ -97,37 +102,70 @@ impl SessionPolicy {
             let Some(m) = sql.matches(analysis) else {
                 continue;
             };
-            return match rule.action {
-                Action::Allow => Verdict::Allow {
-                    rule: Some(rule.name.clone()),
-                },
-                Action::Deny => Verdict::Deny {
-                    rule: rule.name.clone(),
-                    message: rule
-                        .message
-                        .clone()
-                        .unwrap_or_else(|| format!("denied by rule \"{}\"", rule.name)),
-                    reason: m.reason,
-                },
-                // Holding for a human is a later feature. Until it exists an
-                // `approve` rule must not turn into an allow: it denies, and
-                // says why.
-                Action::Approve => Verdict::Deny {
-                    rule: rule.name.clone(),
-                    message: format!(
-                        "{} (rule \"{}\" requires approval, which this build cannot grant yet)",
-                        rule.message.as_deref().unwrap_or("approval required"),
-                        rule.name
-                    ),
-                    reason: m.reason,
-                },
-            };
+            return rule.verdict(m.reason);
+        }
+        Verdict::Allow { rule: None }
+    }
+
+    /// The verdict on one Redis command (its arguments, name first). Rules
+    /// without Redis criteria do not match Redis commands.
+    pub fn decide_redis(&self, args: &(impl RedisArgs + ?Sized)) -> Verdict {
+        for rule in &self.rules {
+            let Some(redis) = &rule.redis else { continue };
+            if let Some(entry) = redis.matches(args) {
+                return rule.verdict(format!("command matches \"{entry}\""));
+            }
+        }
+        Verdict::Allow { rule: None }
+    }
+
+    /// The verdict on one HTTP request: its method, normalized path, and
+    /// `X-Vault-Namespace` header. Rules without HTTP criteria do not match
+    /// HTTP requests.
+    pub fn decide_http(&self, method: &str, path: &str, namespace: Option<&str>) -> Verdict {
+        for rule in &self.rules {
+            let Some(http) = &rule.http else { continue };
+            if let Some(reason) = http.matches(method, path, namespace) {
+                return rule.verdict(reason);
+            }
         }
         Verdict::Allow { rule: None }
     }
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+}
+
+impl Rule {
+    /// What this rule says about a command it matched (`reason`: what in
+    /// the command matched).
+    fn verdict(&self, reason: String) -> Verdict {
+        match self.action {
+            Action::Allow => Verdict::Allow {
+                rule: Some(self.name.clone()),
+            },
+            Action::Deny => Verdict::Deny {
+                rule: self.name.clone(),
+                message: self
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("denied by rule \"{}\"", self.name)),
+                reason,
+            },
+            // Holding for a human is a later feature. Until it exists an
+            // `approve` rule must not turn into an allow: it denies, and
+            // says why.
+            Action::Approve => Verdict::Deny {
+                rule: self.name.clone(),
+                message: format!(
+                    "{} (rule \"{}\" requires approval, which this build cannot grant yet)",
+                    self.message.as_deref().unwrap_or("approval required"),
+                    self.name
+                ),
+                reason,
+            },
+        }
     }
 }
 

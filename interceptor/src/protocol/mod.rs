@@ -2,6 +2,7 @@
 //! original destination and the session record, runs the session to its end
 //! and returns why it ended.
 
+pub mod http;
 pub mod postgres;
 pub mod redis;
 pub mod tcp;

@@ -74,8 +74,18 @@ fn main() {
         pgbench::run(seconds.unwrap_or(10));
         return;
     }
+    if only == Some("redis") {
+        require_root();
+        redis_bench::run(seconds.unwrap_or(10));
+        return;
+    }
+    if only == Some("http") {
+        require_root();
+        http_bench::run(seconds.unwrap_or(10));
+        return;
+    }
     if seconds.is_some() {
-        eprintln!("note: --seconds applies to `postgres` only");
+        eprintln!("note: --seconds applies to `postgres`, `redis` and `http` only");
     }
     if only.is_none() || only == Some("audit") {
         audit_bench();
@@ -395,6 +405,12 @@ fn echo_stream(port: u16, bytes: u64) -> f64 {
 /// peer proxy) and through the interceptor (pgbench inside the intercepted
 /// cgroup, dialling the server's real address). Each cell runs the three
 /// back to back so that machine noise hits them alike.
+#[path = "../bench/redis.rs"]
+mod redis_bench;
+
+#[path = "../bench/http.rs"]
+mod http_bench;
+
 mod pgbench {
     use std::{
         fs,

@@ -6,6 +6,7 @@
 //! encoders for what the proxy writes itself.
 
 pub mod codec;
+pub mod session;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,1 @@
+//! A real redis-server for the tests (SKELETON: filled in with the Redis handler).
