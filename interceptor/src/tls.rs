@@ -714,6 +714,49 @@ impl ResolvesServerCert for LeafResolver {
     }
 }
 
+/// TLS server configs of one store, one per name clients dial (the
+/// default name when they send no SNI), built on demand and cached.
+pub struct ServerConfigs {
+    ca: LocalCa,
+    alpn: Vec<Vec<u8>>,
+    store: String,
+    cache: Mutex<HashMap<String, Arc<ServerConfig>>>,
+}
+
+impl ServerConfigs {
+    /// `alpn`: the protocols the proxy offers clients (empty: no ALPN).
+    pub fn new(ca: LocalCa, alpn: Vec<Vec<u8>>, store: &str) -> ServerConfigs {
+        ServerConfigs {
+            ca,
+            alpn,
+            store: store.to_string(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The config for sessions that dialled `name` (a DNS name or an IP
+    /// address). None, with a warning, when no leaf can be minted for it.
+    pub fn get(&self, name: &str) -> Option<Arc<ServerConfig>> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cache.get(name) {
+            return Some(c.clone());
+        }
+        match self.ca.server_config(name, self.alpn.clone()) {
+            Ok(c) => {
+                if cache.len() > 1024 {
+                    cache.clear();
+                }
+                cache.insert(name.to_string(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                warn!(store = %self.store, error = %e, "cannot build a TLS server config: client TLS refused");
+                None
+            }
+        }
+    }
+}
+
 /// TLS from the proxy to a store, as its `upstream_tls` and `upstream_ca`
 /// ask. Built once per store at startup so that a missing or bad CA file
 /// stops the daemon instead of failing each session.

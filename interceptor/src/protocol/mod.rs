@@ -6,3 +6,10 @@ pub mod http;
 pub mod postgres;
 pub mod redis;
 pub mod tcp;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A client or server stream, plain or TLS.
+pub type BoxIo = Box<dyn Io>;
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}

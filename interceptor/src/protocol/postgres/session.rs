@@ -64,7 +64,9 @@ use crate::{
         sql::{analyze_full, analyze_tokens, tokenize_sql, Analysis},
     },
     protocol::tcp::Upstream,
+    protocol::BoxIo,
     proxy::record_session,
+    tls::ServerConfigs,
     tls::{LocalCa, UpstreamTlsConfig},
 };
 
@@ -88,10 +90,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// refuses it for want of a journal.
 const REFUSED: &str = "refused: the audit journal cannot be written (audit.on_failure = \"block\")";
 
-type BoxIo = Box<dyn Io>;
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// (server address, database): a catalog describes one database.
 type CatalogKey = (SocketAddr, String);
 /// A catalog, when it was read, and the DDL generation then.
@@ -101,7 +99,6 @@ type CachedCatalog = (Arc<Catalogs>, Instant, u64);
 pub struct PgStore {
     pub name: String,
     pub masks: StoreMasks,
-    ca: Option<LocalCa>,
     upstream_tls: UpstreamTlsConfig,
     statements: StatementMode,
     /// Catalogs read in-band, per (server address, database), shared by the
@@ -110,7 +107,8 @@ pub struct PgStore {
     /// Bumped by every DDL statement any session runs: catalogs read before
     /// are stale.
     ddl_generation: AtomicU64,
-    server_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    /// None without a local CA: SSLRequest is then answered N.
+    server_configs: Option<ServerConfigs>,
 }
 
 impl PgStore {
@@ -128,35 +126,18 @@ impl PgStore {
         Ok(PgStore {
             name: store.name.clone(),
             masks,
-            ca,
             upstream_tls,
             statements,
             catalogs: Mutex::new(HashMap::new()),
             ddl_generation: AtomicU64::new(0),
-            server_configs: Mutex::new(HashMap::new()),
+            server_configs: ca
+                .map(|ca| ServerConfigs::new(ca, vec![b"postgresql".to_vec()], &store.name)),
         })
     }
 
     /// The TLS server config for sessions that dialled `name` (cached).
     fn server_config(&self, name: &str) -> Option<Arc<rustls::ServerConfig>> {
-        let ca = self.ca.as_ref()?;
-        let mut cache = lock(&self.server_configs);
-        if let Some(c) = cache.get(name) {
-            return Some(c.clone());
-        }
-        match ca.server_config(name, vec![b"postgresql".to_vec()]) {
-            Ok(c) => {
-                if cache.len() > 1024 {
-                    cache.clear();
-                }
-                cache.insert(name.to_string(), c.clone());
-                Some(c)
-            }
-            Err(e) => {
-                tracing::warn!(store = %self.name, error = %e, "cannot build a TLS config: SSLRequest answered N");
-                None
-            }
-        }
+        self.server_configs.as_ref()?.get(name)
     }
 
     fn cached_catalog(&self, key: &(SocketAddr, String)) -> Option<Arc<Catalogs>> {
