@@ -2468,6 +2468,16 @@ strategy = "redact"                  # redact | partial | hash | null
             "\"FLUSHALL\"",
         );
         rejects(
+            &rule("redis = { commands = [\"@dangerus\"] }"),
+            "@dangerus",
+            "\"@dangerous\"",
+        );
+        rejects(
+            &rule("redis = { commands = [\"  \"] }"),
+            "[\"  \"]",
+            "remove it",
+        );
+        rejects(
             &rule("identity = { env = { SECRET_TOKEN = \"*\" } }"),
             "SECRET_TOKEN",
             "CI_JOB_ID",
@@ -2508,7 +2518,7 @@ strategy = "redact"                  # redact | partial | hash | null
         // needs the one for its protocol (as in DESIGN.md's example).
         let c = ok(&rule(
             "stores = [\"db\", \"cache\"]\nsql = { statements = [\"DROP\", \"alter  system\"] }\n\
-             redis = { commands = [\"config set\", \"eval*\"] }\nidentity = { comm = [\"psql\"], gid = [0] }",
+             redis = { commands = [\"config set\", \"eval*\", \"@Dangerous\", \"client reply off|skip\"] }\nidentity = { comm = [\"psql\"], gid = [0] }",
         ));
         let r = &c.rules[0];
         assert_eq!(
@@ -2517,7 +2527,12 @@ strategy = "redact"                  # redact | partial | hash | null
         );
         assert_eq!(
             r.redis.as_ref().unwrap().commands,
-            Some(vec!["CONFIG SET".into(), "EVAL*".into()])
+            Some(vec![
+                "CONFIG SET".into(),
+                "EVAL*".into(),
+                "@dangerous".into(),
+                "CLIENT REPLY OFF|SKIP".into()
+            ])
         );
         assert_eq!(r.identity.as_ref().unwrap().gid, Some(vec![0]));
         // Without `stores`, the rule applies to every store it can match.

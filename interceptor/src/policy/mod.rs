@@ -67,4 +67,82 @@ mod tests {
             );
         }
     }
+
+    /// The shipped default policy on Redis commands: the dangerous
+    /// set denied, everyday cache and token-store commands allowed.
+    #[test]
+    fn the_default_policy_denies_dangerous_redis_commands() {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policies/default.toml"
+        ));
+        let cfg = Config::load(path).expect("policies/default.toml is valid");
+        let policy = super::rules::Policy::new(&cfg.rules);
+        let id = crate::identity::Identity::resolve_from(
+            std::path::Path::new("/nonexistent"),
+            crate::identity::KernelIdentity {
+                tgid: 1,
+                tid: 1,
+                uid: 1000,
+                gid: 1000,
+                comm: "redis-cli".into(),
+                cgroup_id: 0,
+            },
+        );
+        let session = policy.for_session("redis", &id);
+        let denied = |cmd: &str| {
+            let args: Vec<&str> = cmd.split(' ').collect();
+            matches!(
+                session.decide_redis(&args[..]),
+                super::rules::Verdict::Deny { .. }
+            )
+        };
+        for cmd in [
+            "FLUSHALL",
+            "flushdb ASYNC",
+            "CONFIG SET dir /tmp",
+            "config get *",
+            "CONFIG REWRITE",
+            "DEBUG SLEEP 10",
+            "MODULE LOAD /tmp/x.so",
+            "SHUTDOWN NOSAVE",
+            "REPLICAOF 10.0.0.1 6379",
+            "MIGRATE h 1 k 0 1",
+            "KEYS *",
+            "EVAL x 0",
+            "evalsha_ro abc 0",
+            "FCALL f 0",
+            "FUNCTION LOAD x",
+            "SCRIPT FLUSH",
+            "MONITOR",
+            "CLIENT REPLY OFF",
+            "client reply skip",
+            "CLIENT KILL ID 1",
+            "ACL SETUSER x on",
+            "SAVE",
+            "RESTORE k 0 x",
+            "SORT l BY nosort GET secret:*",
+        ] {
+            assert!(denied(cmd), "the default policy lets through: {cmd}");
+        }
+        for cmd in [
+            "GET k",
+            "SET k v EX 10",
+            "HGETALL h",
+            "MGET a b",
+            "DEL k",
+            "PING",
+            "CLIENT SETNAME job",
+            "CLIENT REPLY ON",
+            "SCAN 0 MATCH x*",
+            "SUBSCRIBE ch",
+            "MULTI",
+            "EXEC",
+        ] {
+            assert!(
+                !denied(cmd),
+                "the default policy refuses ordinary work: {cmd}"
+            );
+        }
+    }
 }
