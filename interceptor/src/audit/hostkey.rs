@@ -102,10 +102,12 @@ impl HostKey {
             <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(value);
         let digest = mac.finalize().into_bytes();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(5 + 64);
         out.push_str("hmac:");
         for b in digest {
-            out.push_str(&format!("{b:02x}"));
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
         out
     }
@@ -114,15 +116,25 @@ impl HostKey {
 /// Replaces the secrets recognisable in a command line by their HMAC:
 /// passwords in URLs (`scheme://user:PASSWORD@host`), `password=VALUE`
 /// (libpq conninfo and the like) and `--password[=| ]VALUE`-style options
-/// (`--password`, `--pass`, `--token`, `--secret`, `--api-key`).
+/// (`--password`, `--pass`, `--token`, `--secret`, `--api-key`), and the
+/// `-a PASSWORD` of redis-cli and redis-benchmark.
 pub fn redact_cmdline(cmdline: &str, key: &HostKey) -> String {
     let words: Vec<&str> = cmdline.split(' ').collect();
+    let redis_tool = words.first().is_some_and(|w| {
+        let exe = w.rsplit('/').next().unwrap_or(w);
+        exe == "redis-cli" || exe == "redis-benchmark"
+    });
     let mut out: Vec<String> = Vec::with_capacity(words.len());
     let mut next_is_secret = false;
     for word in words {
         if next_is_secret {
             out.push(key.hash(word.as_bytes()));
             next_is_secret = false;
+            continue;
+        }
+        if redis_tool && word == "-a" {
+            out.push(word.to_string());
+            next_is_secret = true;
             continue;
         }
         if let Some(flag) = secret_flag(word) {
@@ -217,6 +229,16 @@ mod tests {
         assert_eq!(a, key().hash(b"s3cret"));
         assert!(a.starts_with("hmac:") && a.len() == 69);
         assert_ne!(a, HostKey([8u8; KEY_LEN]).hash(b"s3cret"));
+        // The hex digits are the HMAC's, in order.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&[7u8; KEY_LEN]).expect("key");
+        mac.update(b"s3cret");
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(a, format!("hmac:{want}"));
     }
 
     #[test]
@@ -241,6 +263,8 @@ mod tests {
             ("vault login --token s.abcdef", "s.abcdef"),
             ("tool --password=pw-123 --verbose", "pw-123"),
             ("curl https://x:tok-9@api.internal/v1", "tok-9"),
+            ("/usr/bin/redis-cli -a hunter4 -p 6379 ping", "hunter4"),
+            ("redis-benchmark -q -a hunter5 -t get", "hunter5"),
         ] {
             let r = redact_cmdline(line, &k);
             assert!(!r.contains(secret), "{line} -> {r}");
@@ -249,6 +273,11 @@ mod tests {
         assert_eq!(
             redact_cmdline("redis-cli -p 6379 get key", &k),
             "redis-cli -p 6379 get key"
+        );
+        // `-a` is a password only for the Redis tools.
+        assert_eq!(
+            redact_cmdline("tar -a -cf x.tgz d", &k),
+            "tar -a -cf x.tgz d"
         );
     }
 }

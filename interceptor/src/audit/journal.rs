@@ -332,27 +332,43 @@ impl Journal {
     /// and the error is returned; later appends try again. If even the cut
     /// fails, the segment is retired and the next append starts a new one.
     pub fn append(&self, payload: &[u8]) -> Result<(), JournalError> {
+        self.append_all(&[payload])
+    }
+
+    /// Appends several records with one write: all of them are in the
+    /// journal, or none (a failed write is cut back to the last whole
+    /// record before them). What a pipelining handler calls to journal a
+    /// batch of commands before forwarding it.
+    pub fn append_all(&self, payloads: &[&[u8]]) -> Result<(), JournalError> {
         let shared = &*self.shared;
-        let result = self.append_frame(payload);
+        let result = self.append_frames(payloads);
         match result {
-            Ok(()) => shared.appended.fetch_add(1, Ordering::Relaxed),
+            Ok(()) => shared
+                .appended
+                .fetch_add(payloads.len() as u64, Ordering::Relaxed),
             Err(_) => shared.append_errors.fetch_add(1, Ordering::Relaxed),
         };
         result
     }
 
-    fn append_frame(&self, payload: &[u8]) -> Result<(), JournalError> {
+    fn append_frames(&self, payloads: &[&[u8]]) -> Result<(), JournalError> {
         let shared = &*self.shared;
-        let too_large = || JournalError::TooLarge { len: payload.len() };
-        let len = u32::try_from(payload.len()).map_err(|_| too_large())?;
-        if payload.len() > MAX_PAYLOAD {
-            return Err(too_large());
+        // The CRCs need no shared state: compute them before taking the lock.
+        let mut headers = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let too_large = || JournalError::TooLarge { len: payload.len() };
+            let len = u32::try_from(payload.len()).map_err(|_| too_large())?;
+            if payload.len() > MAX_PAYLOAD {
+                return Err(too_large());
+            }
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&len.to_le_bytes());
+            crc.update(payload);
+            headers.push((len, crc.finalize()));
         }
-        // The CRC needs no shared state: compute it before taking the lock.
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&len.to_le_bytes());
-        crc.update(payload);
-        let crc = crc.finalize();
+        if payloads.is_empty() {
+            return Ok(());
+        }
 
         let strict_sync = {
             let mut guard = lock(&shared.active);
@@ -372,10 +388,12 @@ impl Journal {
                 None => segment.insert(create_segment(&shared.dir, seq)?),
             };
             frame.clear();
-            frame.extend_from_slice(&MAGIC.to_le_bytes());
-            frame.extend_from_slice(&len.to_le_bytes());
-            frame.extend_from_slice(&crc.to_le_bytes());
-            frame.extend_from_slice(payload);
+            for (payload, (len, crc)) in payloads.iter().zip(&headers) {
+                frame.extend_from_slice(&MAGIC.to_le_bytes());
+                frame.extend_from_slice(&len.to_le_bytes());
+                frame.extend_from_slice(&crc.to_le_bytes());
+                frame.extend_from_slice(payload);
+            }
             let start = seg.written.load(Ordering::Relaxed);
             // Positional write: the file offset never matters, even after a
             // failed write moved it.
@@ -930,7 +948,9 @@ mod tests {
         let (a, b, c) = (records("a", 5), records("b", 3), records("c", 2));
         append_all(&j, &a);
         assert_eq!(j.rotate().expect("rotate"), 1);
-        append_all(&j, &b);
+        // A batch is framed exactly like the same records one by one.
+        let batch: Vec<&[u8]> = b.iter().map(Vec::as_slice).collect();
+        j.append_all(&batch).expect("append a batch");
         assert_eq!(j.rotate().expect("rotate"), 2);
         // Nothing new: the empty active segment is not sealed.
         assert_eq!(j.rotate().expect("rotate"), 2);

@@ -35,6 +35,11 @@ pub enum RecordError {
 pub trait Recorder: Send + Sync {
     fn session(&self, session: &SessionRecord) -> Result<(), RecordError>;
     fn event(&self, event: &CommandEvent) -> Result<(), RecordError>;
+    /// Several events at once, all or none: one journal write for a batch
+    /// of pipelined commands.
+    fn events(&self, events: &[&CommandEvent]) -> Result<(), RecordError> {
+        events.iter().try_for_each(|e| self.event(e))
+    }
     /// False while records are being refused: handlers then journal a
     /// session before opening anything upstream, so an outage of the audit
     /// trail does not even reach the server.

@@ -52,7 +52,11 @@ impl JournalRecorder {
     }
 
     fn append(&self, record: RecordView<'_>) -> Result<(), RecordError> {
-        match self.journal.append(&record.encode()) {
+        self.append_all(&[&record.encode()])
+    }
+
+    fn append_all(&self, payloads: &[&[u8]]) -> Result<(), RecordError> {
+        match self.journal.append_all(payloads) {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::warn!(
@@ -93,6 +97,15 @@ impl Recorder for JournalRecorder {
 
     fn event(&self, event: &CommandEvent) -> Result<(), RecordError> {
         self.append(RecordView::Event(event.view()))
+    }
+
+    fn events(&self, events: &[&CommandEvent]) -> Result<(), RecordError> {
+        let encoded: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| RecordView::Event(e.view()).encode())
+            .collect();
+        let payloads: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        self.append_all(&payloads)
     }
 
     fn available(&self) -> bool {
