@@ -787,7 +787,7 @@ impl Command {
                     let a = &self.args[i];
                     if a.eq_ignore_ascii_case(b"STREAMS") {
                         let rest = n - i - 1;
-                        if rest == 0 || rest % 2 != 0 {
+                        if rest == 0 || !rest.is_multiple_of(2) {
                             return Keys::Unknown;
                         }
                         return Keys::At((i + 1..i + 1 + rest / 2).collect());
@@ -846,10 +846,10 @@ impl Command {
                 let mut v = vec![1];
                 for i in 2..n {
                     let a = &self.args[i];
-                    if a.eq_ignore_ascii_case(b"STORE") || a.eq_ignore_ascii_case(b"STOREDIST") {
-                        if i + 1 < n {
-                            v.push(i + 1);
-                        }
+                    let store =
+                        a.eq_ignore_ascii_case(b"STORE") || a.eq_ignore_ascii_case(b"STOREDIST");
+                    if store && i + 1 < n {
+                        v.push(i + 1);
                     }
                 }
                 Keys::At(v)

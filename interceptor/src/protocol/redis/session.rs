@@ -842,6 +842,16 @@ where
                 }
                 _ => {}
             }
+            if side.queue.is_empty() {
+                // The client loop queues a command before forwarding it: a
+                // reply to it finds its entry here at the latest.
+                while let Ok(batch) = rx.try_recv() {
+                    side.queue.extend(batch);
+                }
+                if !side.queue.is_empty() {
+                    continue;
+                }
+            }
             let (value, raw) = match decoder.decode_raw(&mut buf) {
                 Ok(Some(v)) => v,
                 Ok(None) => break,
