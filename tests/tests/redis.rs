@@ -633,6 +633,13 @@ sys.stdout.write((first + s.recv(100)).decode())
         r#"s.sendall(b"*2\r\n$3\r\nGET\r\n$10\r\nsecret"); s.shutdown(socket.SHUT_WR)"#,
     );
     assert!(o.is_empty(), "{o}");
+    // A client that half-closes after its commands still gets every reply.
+    let o = raw(
+        &d,
+        &server,
+        r#"s.sendall(b"SET halfclose 1\r\nGET halfclose\r\nGET secret:db\r\n"); s.shutdown(socket.SHUT_WR)"#,
+    );
+    assert_eq!(o, format!("+OK\r\n$1\r\n1\r\n$8\r\n{MASK}\r\n"));
     // A client that sends nothing and leaves.
     let _ = raw(&d, &server, "s.close(); sys.exit(0)");
 
@@ -677,6 +684,16 @@ fn client_reply_off_is_refused_even_when_a_rule_allows_it() {
     assert_eq!(lines[3], format!("${}", GREETING.len()), "{o}");
     assert_eq!(lines[4], GREETING, "{o}");
     assert_eq!(lines[5], "+OK", "{o}");
+    // SELECT is recorded as the session's database.
+    let o = cli_ok(
+        &d,
+        &server,
+        &Via::default(),
+        &["-n", "3", "SET", "in-db-3", "x"],
+    );
+    assert_eq!(o.trim(), "OK");
+    let s = sessions(&d);
+    assert!(s.iter().any(|s| s["database"] == "3"), "{s:?}");
     // The allow rule lifts the rules, not the masks.
     let o = cli_ok(&d, &server, &Via::default(), &["GET", "secret:db"]);
     assert_eq!(o.trim(), MASK);

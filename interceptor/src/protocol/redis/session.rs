@@ -420,16 +420,14 @@ where
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(READ_CHUNK);
         }
+        // At EOF the server is not shut down yet: a client that half-closes
+        // after its last command still gets the replies it is owed (Redis
+        // may drop them once it reads EOF). `run` closes both legs when the
+        // queue is drained.
         match reader.read_buf(&mut buf).await {
-            Ok(0) => {
-                let _ = server.shutdown().await;
-                return Ok("client closed the connection".into());
-            }
+            Ok(0) => return Ok("client closed the connection".into()),
             Ok(_) => {}
-            Err(e) => {
-                let _ = server.shutdown().await;
-                return Ok(format!("client read failed: {e}"));
-            }
+            Err(e) => return Ok(format!("client read failed: {e}")),
         }
     }
 }
