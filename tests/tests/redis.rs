@@ -31,8 +31,8 @@ fn script() -> PathBuf {
 /// The shipped policies/default.toml with the test's [daemon] section, its
 /// redis store pointed at `server`, the other stores at unused addresses,
 /// `store_extra` (e.g. upstream_tls) in the redis store, and `rules_first`
-/// (extra `[[rule]]`s) before the shipped rules.
-fn daemon(
+/// (extra `[[rule]]`s) before the shipped rules. Not started yet.
+fn prepare(
     name: &str,
     port: u16,
     server: &RedisServer,
@@ -58,7 +58,18 @@ fn daemon(
         .replace("targets = [\"*:8200\"]", "targets = [\"127.0.0.1:2\"]")
         .replace("flush_interval = \"60s\"", "flush_interval = \"1h\"");
     assert!(body.contains(&server.addr()), "redis store not rewritten");
-    let mut d = Daemon::prepare(name, &cgroup, port, &[], &body);
+    let d = Daemon::prepare(name, &cgroup, port, &[], &body);
+    (cgroup, d)
+}
+
+fn daemon(
+    name: &str,
+    port: u16,
+    server: &RedisServer,
+    store_extra: &str,
+    rules_first: &str,
+) -> (TestCgroup, Daemon) {
+    let (cgroup, mut d) = prepare(name, port, server, store_extra, rules_first);
     d.spawn();
     (cgroup, d)
 }
@@ -699,4 +710,94 @@ fn client_reply_off_is_refused_even_when_a_rule_allows_it() {
     assert_eq!(o.trim(), MASK);
     let o = cli_ok(&d, &server, &Via::default(), &["DUMP", "secret:db"]);
     assert!(o.contains("secret-keys"), "{o}");
+}
+
+/// A tmpfs mounted for one test, lazily unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).expect("mountpoint");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting a tmpfs needs root");
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn commands_are_not_forwarded_when_the_journal_cannot_record_them() {
+    require_root();
+    let server = RedisServer::start(RedisOptions::default());
+    server.seed();
+    let (_cg, mut d) = prepare("redis-full", 957, &server, "", "");
+    let _fs = Tmpfs::mount(&d.state_dir(), "2m");
+    d.spawn();
+    let go = d.dir.path().join("go");
+    // A session opened while the journal is writable; it sends its writes
+    // once the filesystem is full.
+    let code = format!(
+        r#"
+import socket, os, time, sys
+s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
+s.sendall(b"PING\r\n")
+assert s.recv(100) == b"+PONG\r\n"
+while not os.path.exists("{go}"):
+    time.sleep(0.05)
+out = b""
+for i in range(20):
+    s.sendall(b"SET full:%d x\r\n" % i)
+    line = b""
+    while not line.endswith(b"\r\n"):
+        line += s.recv(1)
+    out += line
+sys.stdout.write(out.decode())
+"#,
+        port = server.client_port(),
+        go = go.display()
+    );
+    let child = d
+        .exec(&[PYTHON3, "-c", &code])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    std::thread::sleep(Duration::from_millis(800));
+    let filler = d.state_dir().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    std::fs::write(&go, b"").expect("go");
+    let out = ok(child.wait_with_output().expect("python"), "the session", &d);
+    let refused = out
+        .lines()
+        .filter(|l| l.starts_with("-ERR interceptor: refused: the audit journal"))
+        .count();
+    // The journal may still fit a record or two in a partly used page.
+    assert!(refused >= 15, "{out}");
+    // What was refused never reached the server.
+    let lines: Vec<&str> = out.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        let exists = server.run(&["EXISTS", &format!("full:{i}")]);
+        if l.starts_with("-ERR") {
+            assert_eq!(exists.trim(), "0", "full:{i} was written: {out}");
+        }
+    }
+    let _ = std::fs::remove_file(&filler);
 }
