@@ -94,6 +94,12 @@ impl RedisStore {
     ) -> anyhow::Result<RedisStore> {
         let upstream_tls =
             UpstreamTlsConfig::new(store.upstream_tls, store.upstream_ca.as_deref(), Vec::new())?;
+        if store.upstream_tls == UpstreamTls::Prefer {
+            tracing::warn!(
+                store = %store.name,
+                "upstream_tls = \"prefer\" cannot be negotiated with Redis (no in-band TLS): the store is reached in plaintext; use \"require\" or \"verify-full\" for TLS"
+            );
+        }
         Ok(RedisStore {
             name: store.name.clone(),
             masks: KeyMasks::new(&store.name, masks, key)?,
