@@ -723,7 +723,11 @@ fn target(cmd: &Command, keys: &Keys) -> Option<String> {
         return None;
     };
     let mut out = String::new();
-    for &i in positions {
+    for (n, &i) in positions.iter().enumerate() {
+        if out.len() > MAX_TARGET {
+            out.push_str(&format!(",... (+{} keys)", positions.len() - n));
+            break;
+        }
         if let Some(k) = cmd.args.get(i) {
             if !out.is_empty() {
                 out.push(',');
@@ -733,6 +737,11 @@ fn target(cmd: &Command, keys: &Keys) -> Option<String> {
     }
     (!out.is_empty()).then_some(out)
 }
+
+/// Bounds on the audit fields of one command, so that a command with a
+/// million arguments is still one journal record (and a cheap one).
+const MAX_TARGET: usize = 4096;
+const MAX_STATEMENT: usize = 8192;
 
 /// The audit `statement`: the name (and subcommand), the key names, and
 /// every other argument as `hmac:<hex>` under the host key, so a value is
@@ -749,6 +758,10 @@ fn statement(cmd: &Command, keys: &Keys, key: &HostKey) -> String {
     let container = cmd.is_container();
     let mut out = String::with_capacity(16 + cmd.args.len() * 72);
     for (i, a) in cmd.args.iter().enumerate() {
+        if out.len() > MAX_STATEMENT {
+            out.push_str(&format!(" ... (+{} arguments)", cmd.args.len() - i));
+            break;
+        }
         if i > 0 {
             out.push(' ');
         }
@@ -1241,6 +1254,26 @@ mod tests {
         assert!(s.starts_with("CONFIG GET hmac:"), "{s}");
         let c = cmd(&["MGET", "a", "b"]);
         assert_eq!(statement(&c, &c.key_positions(), &k), "MGET a b");
+        // Huge commands give bounded audit fields.
+        let mut words = vec!["MSET".to_string()];
+        for i in 0..100_000 {
+            words.push(format!("key:{i}"));
+            words.push(format!("value-{i}"));
+        }
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        let big = cmd(&refs);
+        let s = statement(&big, &big.key_positions(), &k);
+        assert!(
+            s.len() < MAX_STATEMENT + 200 && s.ends_with("arguments)"),
+            "{}",
+            s.len()
+        );
+        let t = target(&big, &big.key_positions()).unwrap_or_default();
+        assert!(
+            t.len() < MAX_TARGET + 200 && t.ends_with("keys)"),
+            "{}",
+            t.len()
+        );
         assert_eq!(target(&c, &c.key_positions()).as_deref(), Some("a,b"));
         assert_eq!(target(&cmd(&["PING"]), &Keys::None), None);
     }
