@@ -437,6 +437,7 @@ fn tls_client_to_plain_server_and_config_get_allowed_by_a_rule_above() {
         .find(|e| e["command"] == "CONFIG GET")
         .unwrap_or_else(|| panic!("{ev:?}"));
     assert_eq!(get["decision"], "allow", "{get}");
+    assert_eq!(get["rule"], "allow-config-get", "{get}");
 }
 
 #[test]

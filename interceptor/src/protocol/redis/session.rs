@@ -472,6 +472,7 @@ impl ClientSide {
     ) {
         let keys = cmd.key_positions();
         let mut plan = Plan::None;
+        let mut allowed_by = None;
         let denial = match ctx.policy.decide_redis(&cmd.args[..]) {
             Verdict::Deny {
                 rule,
@@ -482,11 +483,12 @@ impl ClientSide {
                 message,
                 reason,
             }),
-            Verdict::Allow { .. } => match guard(&cmd, self.in_multi) {
+            Verdict::Allow { rule } => match guard(&cmd, self.in_multi) {
                 Some(d) => Some(d),
                 None => match ctx.store.masks.plan(&cmd, &keys) {
                     Ok(p) => {
                         plan = p;
+                        allowed_by = rule;
                         None
                     }
                     Err(d) => Some(Denial {
@@ -506,9 +508,12 @@ impl ClientSide {
         event.target = target(&cmd, &keys);
         event.statement = Some(statement(&cmd, &keys, &ctx.store.masks.key));
         event.bytes_up = raw.as_ref().map_or_else(|| cmd.encode().len(), Bytes::len) as u64;
-        if let Some(d) = &denial {
-            event.rule = Some(d.rule.clone());
-        }
+        // The deciding rule: the one that denied, or an `allow` rule that
+        // let the command through.
+        event.rule = match &denial {
+            Some(d) => Some(d.rule.clone()),
+            None => allowed_by,
+        };
         // Write-before-forward.
         let denial = match ctx.recorder.event(&event) {
             Ok(()) => denial,
