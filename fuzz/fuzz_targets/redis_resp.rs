@@ -33,7 +33,9 @@ const LIMITS: Limits = Limits {
 fn masks() -> &'static KeyMasks {
     static MASKS: OnceLock<KeyMasks> = OnceLock::new();
     MASKS.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("interceptor-fuzz-redis-{}", std::process::id()));
+        // One host key for every run (a fresh directory per process would
+        // pile up under /tmp).
+        let dir = std::env::temp_dir().join("interceptor-fuzz-redis-hostkey");
         let _ = std::fs::create_dir_all(&dir);
         let key = HostKey::load_or_create(&dir).expect("host key");
         let m = |name: &str, keys: Option<Vec<String>>, detectors: Option<Vec<String>>, strategy| {
