@@ -38,29 +38,41 @@ fn masks() -> &'static KeyMasks {
         let dir = std::env::temp_dir().join("interceptor-fuzz-redis-hostkey");
         let _ = std::fs::create_dir_all(&dir);
         let key = HostKey::load_or_create(&dir).expect("host key");
-        let m = |name: &str, keys: Option<Vec<String>>, detectors: Option<Vec<String>>, strategy| {
-            MaskConfig {
-                name: name.into(),
-                stores: None,
-                columns: None,
-                keys,
-                json: None,
-                detectors,
-                strategy,
-            }
-        };
+        let m =
+            |name: &str, keys: Option<Vec<String>>, detectors: Option<Vec<String>>, strategy| {
+                MaskConfig {
+                    name: name.into(),
+                    stores: None,
+                    columns: None,
+                    keys,
+                    json: None,
+                    detectors,
+                    strategy,
+                }
+            };
         KeyMasks::new(
             "redis",
             &[
-                m("keys", Some(vec!["secret:*".into(), "k".into()]), None, MaskStrategy::Partial),
+                m(
+                    "keys",
+                    Some(vec!["secret:*".into(), "k".into()]),
+                    None,
+                    MaskStrategy::Partial,
+                ),
                 m(
                     "detectors",
                     None,
                     Some(
-                        ["aws_access_key_id", "private_key", "github_token", "jwt", "password_in_url"]
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect(),
+                        [
+                            "aws_access_key_id",
+                            "private_key",
+                            "github_token",
+                            "jwt",
+                            "password_in_url",
+                        ]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
                     ),
                     MaskStrategy::Hash,
                 ),
@@ -73,7 +85,10 @@ fn masks() -> &'static KeyMasks {
 
 fn cmd(words: &[&str]) -> Command {
     Command {
-        args: words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect(),
+        args: words
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect(),
     }
 }
 
@@ -126,15 +141,36 @@ fuzz_target!(|data: &[u8]| {
     // Server -> client, masked under a few plans.
     let plans = [
         Plan::None,
-        masks.plan(&cmd(&["GET", "k"]), &Keys::At(vec![1])).unwrap_or_default(),
-        masks.plan(&cmd(&["MGET", "a", "k", "secret:x"]), &Keys::At(vec![1, 2, 3])).unwrap_or_default(),
-        masks.plan(&cmd(&["HGETALL", "k"]), &Keys::At(vec![1])).unwrap_or_default(),
-        masks.plan(&cmd(&["ZRANGE", "k", "0", "-1", "WITHSCORES"]), &Keys::At(vec![1])).unwrap_or_default(),
-        masks.plan(&cmd(&["XRANGE", "k", "-", "+"]), &Keys::At(vec![1])).unwrap_or_default(),
         masks
-            .plan(&cmd(&["XREAD", "STREAMS", "a", "k", "0", "0"]), &Keys::At(vec![2, 3]))
+            .plan(&cmd(&["GET", "k"]), &Keys::At(vec![1]))
             .unwrap_or_default(),
-        masks.plan(&cmd(&["HSCAN", "k", "0"]), &Keys::At(vec![1])).unwrap_or_default(),
+        masks
+            .plan(
+                &cmd(&["MGET", "a", "k", "secret:x"]),
+                &Keys::At(vec![1, 2, 3]),
+            )
+            .unwrap_or_default(),
+        masks
+            .plan(&cmd(&["HGETALL", "k"]), &Keys::At(vec![1]))
+            .unwrap_or_default(),
+        masks
+            .plan(
+                &cmd(&["ZRANGE", "k", "0", "-1", "WITHSCORES"]),
+                &Keys::At(vec![1]),
+            )
+            .unwrap_or_default(),
+        masks
+            .plan(&cmd(&["XRANGE", "k", "-", "+"]), &Keys::At(vec![1]))
+            .unwrap_or_default(),
+        masks
+            .plan(
+                &cmd(&["XREAD", "STREAMS", "a", "k", "0", "0"]),
+                &Keys::At(vec![2, 3]),
+            )
+            .unwrap_or_default(),
+        masks
+            .plan(&cmd(&["HSCAN", "k", "0"]), &Keys::At(vec![1]))
+            .unwrap_or_default(),
     ];
     let mut decoder = Decoder::new(LIMITS);
     let mut buf = BytesMut::from(data);
