@@ -340,12 +340,307 @@ const CONTAINERS: &[&str] = &[
     "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO", "ACL",
 ];
 
-/// Commands whose only key is the first argument.
-const FIRST_KEY: &[&str] = &[
-    "GET", "SET", "GETEX", "GETDEL", "HGET", "HSET", "HMGET", "HGETALL", "HVALS", "HKEYS",
-    "LRANGE", "LPUSH", "RPUSH", "SMEMBERS", "SADD", "ZRANGE", "ZADD", "XRANGE", "XADD", "INCR",
-    "DECR", "EXPIRE", "TTL", "TYPE", "DUMP", "RESTORE", "APPEND", "GETRANGE", "SETRANGE", "STRLEN",
+/// Where a command's keys are, as Redis 7.0's `COMMAND` reports them:
+/// none, a (first, last, step) range of argument positions (a negative last
+/// counts from the end), or positions that depend on the arguments
+/// (`movablekeys`), worked out in [`Command::key_positions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeySpec {
+    None,
+    Range(i32, i32, i32),
+    Movable,
+}
+
+/// Every command of Redis 7.0 with its key positions, sorted by name for a
+/// binary search. Generated from `COMMAND` of redis-server 7.0.15. Shard
+/// channels (SSUBSCRIBE, SUNSUBSCRIBE, SPUBLISH) are channels, not keys.
+const KEY_TABLE: &[(&[u8], KeySpec)] = &[
+    (b"ACL", KeySpec::None),
+    (b"APPEND", KeySpec::Range(1, 1, 1)),
+    (b"ASKING", KeySpec::None),
+    (b"AUTH", KeySpec::None),
+    (b"BGREWRITEAOF", KeySpec::None),
+    (b"BGSAVE", KeySpec::None),
+    (b"BITCOUNT", KeySpec::Range(1, 1, 1)),
+    (b"BITFIELD", KeySpec::Range(1, 1, 1)),
+    (b"BITFIELD_RO", KeySpec::Range(1, 1, 1)),
+    (b"BITOP", KeySpec::Range(2, -1, 1)),
+    (b"BITPOS", KeySpec::Range(1, 1, 1)),
+    (b"BLMOVE", KeySpec::Range(1, 2, 1)),
+    (b"BLMPOP", KeySpec::Movable),
+    (b"BLPOP", KeySpec::Range(1, -2, 1)),
+    (b"BRPOP", KeySpec::Range(1, -2, 1)),
+    (b"BRPOPLPUSH", KeySpec::Range(1, 2, 1)),
+    (b"BZMPOP", KeySpec::Movable),
+    (b"BZPOPMAX", KeySpec::Range(1, -2, 1)),
+    (b"BZPOPMIN", KeySpec::Range(1, -2, 1)),
+    (b"CLIENT", KeySpec::None),
+    (b"CLUSTER", KeySpec::None),
+    (b"COMMAND", KeySpec::None),
+    (b"CONFIG", KeySpec::None),
+    (b"COPY", KeySpec::Range(1, 2, 1)),
+    (b"DBSIZE", KeySpec::None),
+    (b"DEBUG", KeySpec::None),
+    (b"DECR", KeySpec::Range(1, 1, 1)),
+    (b"DECRBY", KeySpec::Range(1, 1, 1)),
+    (b"DEL", KeySpec::Range(1, -1, 1)),
+    (b"DISCARD", KeySpec::None),
+    (b"DUMP", KeySpec::Range(1, 1, 1)),
+    (b"ECHO", KeySpec::None),
+    (b"EVAL", KeySpec::Movable),
+    (b"EVALSHA", KeySpec::Movable),
+    (b"EVALSHA_RO", KeySpec::Movable),
+    (b"EVAL_RO", KeySpec::Movable),
+    (b"EXEC", KeySpec::None),
+    (b"EXISTS", KeySpec::Range(1, -1, 1)),
+    (b"EXPIRE", KeySpec::Range(1, 1, 1)),
+    (b"EXPIREAT", KeySpec::Range(1, 1, 1)),
+    (b"EXPIRETIME", KeySpec::Range(1, 1, 1)),
+    (b"FAILOVER", KeySpec::None),
+    (b"FCALL", KeySpec::Movable),
+    (b"FCALL_RO", KeySpec::Movable),
+    (b"FLUSHALL", KeySpec::None),
+    (b"FLUSHDB", KeySpec::None),
+    (b"FUNCTION", KeySpec::None),
+    (b"GEOADD", KeySpec::Range(1, 1, 1)),
+    (b"GEODIST", KeySpec::Range(1, 1, 1)),
+    (b"GEOHASH", KeySpec::Range(1, 1, 1)),
+    (b"GEOPOS", KeySpec::Range(1, 1, 1)),
+    (b"GEORADIUS", KeySpec::Movable),
+    (b"GEORADIUSBYMEMBER", KeySpec::Movable),
+    (b"GEORADIUSBYMEMBER_RO", KeySpec::Range(1, 1, 1)),
+    (b"GEORADIUS_RO", KeySpec::Range(1, 1, 1)),
+    (b"GEOSEARCH", KeySpec::Range(1, 1, 1)),
+    (b"GEOSEARCHSTORE", KeySpec::Range(1, 2, 1)),
+    (b"GET", KeySpec::Range(1, 1, 1)),
+    (b"GETBIT", KeySpec::Range(1, 1, 1)),
+    (b"GETDEL", KeySpec::Range(1, 1, 1)),
+    (b"GETEX", KeySpec::Range(1, 1, 1)),
+    (b"GETRANGE", KeySpec::Range(1, 1, 1)),
+    (b"GETSET", KeySpec::Range(1, 1, 1)),
+    (b"HDEL", KeySpec::Range(1, 1, 1)),
+    (b"HELLO", KeySpec::None),
+    (b"HEXISTS", KeySpec::Range(1, 1, 1)),
+    (b"HGET", KeySpec::Range(1, 1, 1)),
+    (b"HGETALL", KeySpec::Range(1, 1, 1)),
+    (b"HINCRBY", KeySpec::Range(1, 1, 1)),
+    (b"HINCRBYFLOAT", KeySpec::Range(1, 1, 1)),
+    (b"HKEYS", KeySpec::Range(1, 1, 1)),
+    (b"HLEN", KeySpec::Range(1, 1, 1)),
+    (b"HMGET", KeySpec::Range(1, 1, 1)),
+    (b"HMSET", KeySpec::Range(1, 1, 1)),
+    (b"HRANDFIELD", KeySpec::Range(1, 1, 1)),
+    (b"HSCAN", KeySpec::Range(1, 1, 1)),
+    (b"HSET", KeySpec::Range(1, 1, 1)),
+    (b"HSETNX", KeySpec::Range(1, 1, 1)),
+    (b"HSTRLEN", KeySpec::Range(1, 1, 1)),
+    (b"HVALS", KeySpec::Range(1, 1, 1)),
+    (b"INCR", KeySpec::Range(1, 1, 1)),
+    (b"INCRBY", KeySpec::Range(1, 1, 1)),
+    (b"INCRBYFLOAT", KeySpec::Range(1, 1, 1)),
+    (b"INFO", KeySpec::None),
+    (b"KEYS", KeySpec::None),
+    (b"LASTSAVE", KeySpec::None),
+    (b"LATENCY", KeySpec::None),
+    (b"LCS", KeySpec::Range(1, 2, 1)),
+    (b"LINDEX", KeySpec::Range(1, 1, 1)),
+    (b"LINSERT", KeySpec::Range(1, 1, 1)),
+    (b"LLEN", KeySpec::Range(1, 1, 1)),
+    (b"LMOVE", KeySpec::Range(1, 2, 1)),
+    (b"LMPOP", KeySpec::Movable),
+    (b"LOLWUT", KeySpec::None),
+    (b"LPOP", KeySpec::Range(1, 1, 1)),
+    (b"LPOS", KeySpec::Range(1, 1, 1)),
+    (b"LPUSH", KeySpec::Range(1, 1, 1)),
+    (b"LPUSHX", KeySpec::Range(1, 1, 1)),
+    (b"LRANGE", KeySpec::Range(1, 1, 1)),
+    (b"LREM", KeySpec::Range(1, 1, 1)),
+    (b"LSET", KeySpec::Range(1, 1, 1)),
+    (b"LTRIM", KeySpec::Range(1, 1, 1)),
+    (b"MEMORY", KeySpec::None),
+    (b"MGET", KeySpec::Range(1, -1, 1)),
+    (b"MIGRATE", KeySpec::Movable),
+    (b"MODULE", KeySpec::None),
+    (b"MONITOR", KeySpec::None),
+    (b"MOVE", KeySpec::Range(1, 1, 1)),
+    (b"MSET", KeySpec::Range(1, -1, 2)),
+    (b"MSETNX", KeySpec::Range(1, -1, 2)),
+    (b"MULTI", KeySpec::None),
+    (b"OBJECT", KeySpec::None),
+    (b"PERSIST", KeySpec::Range(1, 1, 1)),
+    (b"PEXPIRE", KeySpec::Range(1, 1, 1)),
+    (b"PEXPIREAT", KeySpec::Range(1, 1, 1)),
+    (b"PEXPIRETIME", KeySpec::Range(1, 1, 1)),
+    (b"PFADD", KeySpec::Range(1, 1, 1)),
+    (b"PFCOUNT", KeySpec::Range(1, -1, 1)),
+    (b"PFDEBUG", KeySpec::Range(2, 2, 1)),
+    (b"PFMERGE", KeySpec::Range(1, -1, 1)),
+    (b"PFSELFTEST", KeySpec::None),
+    (b"PING", KeySpec::None),
+    (b"PSETEX", KeySpec::Range(1, 1, 1)),
+    (b"PSUBSCRIBE", KeySpec::None),
+    (b"PSYNC", KeySpec::None),
+    (b"PTTL", KeySpec::Range(1, 1, 1)),
+    (b"PUBLISH", KeySpec::None),
+    (b"PUBSUB", KeySpec::None),
+    (b"PUNSUBSCRIBE", KeySpec::None),
+    (b"QUIT", KeySpec::None),
+    (b"RANDOMKEY", KeySpec::None),
+    (b"READONLY", KeySpec::None),
+    (b"READWRITE", KeySpec::None),
+    (b"RENAME", KeySpec::Range(1, 2, 1)),
+    (b"RENAMENX", KeySpec::Range(1, 2, 1)),
+    (b"REPLCONF", KeySpec::None),
+    (b"REPLICAOF", KeySpec::None),
+    (b"RESET", KeySpec::None),
+    (b"RESTORE", KeySpec::Range(1, 1, 1)),
+    (b"RESTORE-ASKING", KeySpec::Range(1, 1, 1)),
+    (b"ROLE", KeySpec::None),
+    (b"RPOP", KeySpec::Range(1, 1, 1)),
+    (b"RPOPLPUSH", KeySpec::Range(1, 2, 1)),
+    (b"RPUSH", KeySpec::Range(1, 1, 1)),
+    (b"RPUSHX", KeySpec::Range(1, 1, 1)),
+    (b"SADD", KeySpec::Range(1, 1, 1)),
+    (b"SAVE", KeySpec::None),
+    (b"SCAN", KeySpec::None),
+    (b"SCARD", KeySpec::Range(1, 1, 1)),
+    (b"SCRIPT", KeySpec::None),
+    (b"SDIFF", KeySpec::Range(1, -1, 1)),
+    (b"SDIFFSTORE", KeySpec::Range(1, -1, 1)),
+    (b"SELECT", KeySpec::None),
+    (b"SET", KeySpec::Range(1, 1, 1)),
+    (b"SETBIT", KeySpec::Range(1, 1, 1)),
+    (b"SETEX", KeySpec::Range(1, 1, 1)),
+    (b"SETNX", KeySpec::Range(1, 1, 1)),
+    (b"SETRANGE", KeySpec::Range(1, 1, 1)),
+    (b"SHUTDOWN", KeySpec::None),
+    (b"SINTER", KeySpec::Range(1, -1, 1)),
+    (b"SINTERCARD", KeySpec::Movable),
+    (b"SINTERSTORE", KeySpec::Range(1, -1, 1)),
+    (b"SISMEMBER", KeySpec::Range(1, 1, 1)),
+    (b"SLAVEOF", KeySpec::None),
+    (b"SLOWLOG", KeySpec::None),
+    (b"SMEMBERS", KeySpec::Range(1, 1, 1)),
+    (b"SMISMEMBER", KeySpec::Range(1, 1, 1)),
+    (b"SMOVE", KeySpec::Range(1, 2, 1)),
+    (b"SORT", KeySpec::Movable),
+    (b"SORT_RO", KeySpec::Movable),
+    (b"SPOP", KeySpec::Range(1, 1, 1)),
+    (b"SPUBLISH", KeySpec::None),
+    (b"SRANDMEMBER", KeySpec::Range(1, 1, 1)),
+    (b"SREM", KeySpec::Range(1, 1, 1)),
+    (b"SSCAN", KeySpec::Range(1, 1, 1)),
+    (b"SSUBSCRIBE", KeySpec::None),
+    (b"STRLEN", KeySpec::Range(1, 1, 1)),
+    (b"SUBSCRIBE", KeySpec::None),
+    (b"SUBSTR", KeySpec::Range(1, 1, 1)),
+    (b"SUNION", KeySpec::Range(1, -1, 1)),
+    (b"SUNIONSTORE", KeySpec::Range(1, -1, 1)),
+    (b"SUNSUBSCRIBE", KeySpec::None),
+    (b"SWAPDB", KeySpec::None),
+    (b"SYNC", KeySpec::None),
+    (b"TIME", KeySpec::None),
+    (b"TOUCH", KeySpec::Range(1, -1, 1)),
+    (b"TTL", KeySpec::Range(1, 1, 1)),
+    (b"TYPE", KeySpec::Range(1, 1, 1)),
+    (b"UNLINK", KeySpec::Range(1, -1, 1)),
+    (b"UNSUBSCRIBE", KeySpec::None),
+    (b"UNWATCH", KeySpec::None),
+    (b"WAIT", KeySpec::None),
+    (b"WATCH", KeySpec::Range(1, -1, 1)),
+    (b"XACK", KeySpec::Range(1, 1, 1)),
+    (b"XADD", KeySpec::Range(1, 1, 1)),
+    (b"XAUTOCLAIM", KeySpec::Range(1, 1, 1)),
+    (b"XCLAIM", KeySpec::Range(1, 1, 1)),
+    (b"XDEL", KeySpec::Range(1, 1, 1)),
+    (b"XGROUP", KeySpec::None),
+    (b"XINFO", KeySpec::None),
+    (b"XLEN", KeySpec::Range(1, 1, 1)),
+    (b"XPENDING", KeySpec::Range(1, 1, 1)),
+    (b"XRANGE", KeySpec::Range(1, 1, 1)),
+    (b"XREAD", KeySpec::Movable),
+    (b"XREADGROUP", KeySpec::Movable),
+    (b"XREVRANGE", KeySpec::Range(1, 1, 1)),
+    (b"XSETID", KeySpec::Range(1, 1, 1)),
+    (b"XTRIM", KeySpec::Range(1, 1, 1)),
+    (b"ZADD", KeySpec::Range(1, 1, 1)),
+    (b"ZCARD", KeySpec::Range(1, 1, 1)),
+    (b"ZCOUNT", KeySpec::Range(1, 1, 1)),
+    (b"ZDIFF", KeySpec::Movable),
+    (b"ZDIFFSTORE", KeySpec::Movable),
+    (b"ZINCRBY", KeySpec::Range(1, 1, 1)),
+    (b"ZINTER", KeySpec::Movable),
+    (b"ZINTERCARD", KeySpec::Movable),
+    (b"ZINTERSTORE", KeySpec::Movable),
+    (b"ZLEXCOUNT", KeySpec::Range(1, 1, 1)),
+    (b"ZMPOP", KeySpec::Movable),
+    (b"ZMSCORE", KeySpec::Range(1, 1, 1)),
+    (b"ZPOPMAX", KeySpec::Range(1, 1, 1)),
+    (b"ZPOPMIN", KeySpec::Range(1, 1, 1)),
+    (b"ZRANDMEMBER", KeySpec::Range(1, 1, 1)),
+    (b"ZRANGE", KeySpec::Range(1, 1, 1)),
+    (b"ZRANGEBYLEX", KeySpec::Range(1, 1, 1)),
+    (b"ZRANGEBYSCORE", KeySpec::Range(1, 1, 1)),
+    (b"ZRANGESTORE", KeySpec::Range(1, 2, 1)),
+    (b"ZRANK", KeySpec::Range(1, 1, 1)),
+    (b"ZREM", KeySpec::Range(1, 1, 1)),
+    (b"ZREMRANGEBYLEX", KeySpec::Range(1, 1, 1)),
+    (b"ZREMRANGEBYRANK", KeySpec::Range(1, 1, 1)),
+    (b"ZREMRANGEBYSCORE", KeySpec::Range(1, 1, 1)),
+    (b"ZREVRANGE", KeySpec::Range(1, 1, 1)),
+    (b"ZREVRANGEBYLEX", KeySpec::Range(1, 1, 1)),
+    (b"ZREVRANGEBYSCORE", KeySpec::Range(1, 1, 1)),
+    (b"ZREVRANK", KeySpec::Range(1, 1, 1)),
+    (b"ZSCAN", KeySpec::Range(1, 1, 1)),
+    (b"ZSCORE", KeySpec::Range(1, 1, 1)),
+    (b"ZUNION", KeySpec::Movable),
+    (b"ZUNIONSTORE", KeySpec::Movable),
 ];
+
+/// Where the keys of a command are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keys {
+    /// The command takes no key (PING, SELECT, CONFIG GET, ...).
+    None,
+    /// These argument positions are keys.
+    At(Vec<usize>),
+    /// The proxy cannot tell: a command it does not know (a module's, or a
+    /// newer Redis's), one with malformed key arguments, or one that may
+    /// read keys it does not name (SORT ... BY/GET, MIGRATE).
+    Unknown,
+}
+
+/// Longest command name looked up (`GEORADIUSBYMEMBER_RO` has 20 bytes).
+const NAME_BUF: usize = 24;
+
+/// `name` upper-cased into `buf`, or None when too long to be a command.
+fn upper_into<'a>(name: &[u8], buf: &'a mut [u8; NAME_BUF]) -> Option<&'a [u8]> {
+    if name.len() > NAME_BUF {
+        return None;
+    }
+    for (d, s) in buf.iter_mut().zip(name) {
+        *d = s.to_ascii_uppercase();
+    }
+    Some(&buf[..name.len()])
+}
+
+fn lookup(name: &[u8]) -> Option<KeySpec> {
+    let mut buf = [0u8; NAME_BUF];
+    let up = upper_into(name, &mut buf)?;
+    KEY_TABLE
+        .binary_search_by(|(n, _)| (*n).cmp(up))
+        .ok()
+        .map(|i| KEY_TABLE[i].1)
+}
+
+/// A decimal argument (numkeys), bounded by what the command could hold.
+fn parse_count(arg: Option<&Bytes>) -> Option<usize> {
+    let a = arg?;
+    if a.is_empty() || a.len() > 10 || !a.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(a).ok()?.parse().ok()
+}
 
 fn upper_lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
@@ -354,12 +649,38 @@ fn upper_lossy(b: &[u8]) -> String {
 impl Command {
     /// The command name, upper-cased (Redis matches names case-blind);
     /// invalid UTF-8 is replaced, so it can never match a real command.
-    /// `""` when there are no arguments.
+    /// `""` when there are no arguments. Allocates: on the hot path use
+    /// [`Command::is`] or [`Command::name_bytes`].
     pub fn name(&self) -> String {
         self.args
             .first()
             .map(|a| upper_lossy(a))
             .unwrap_or_default()
+    }
+
+    /// The name as the client sent it (any case).
+    pub fn name_bytes(&self) -> &[u8] {
+        self.args.first().map_or(&[][..], |a| &a[..])
+    }
+
+    /// Whether the command is `name` (given upper-case), without allocating.
+    pub fn is(&self, name: &str) -> bool {
+        self.name_bytes().eq_ignore_ascii_case(name.as_bytes())
+    }
+
+    /// Whether argument `i` is `word` (any case).
+    pub fn arg_is(&self, i: usize, word: &str) -> bool {
+        self.args
+            .get(i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(word.as_bytes()))
+    }
+
+    /// Whether the command is one whose first argument is a subcommand.
+    pub fn is_container(&self) -> bool {
+        let mut buf = [0u8; NAME_BUF];
+        upper_into(self.name_bytes(), &mut buf)
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .is_some_and(|n| CONTAINERS.contains(&n))
     }
 
     /// The name plus the upper-cased subcommand for container commands
@@ -375,18 +696,166 @@ impl Command {
         }
     }
 
-    /// Indices into `args` of the keys, for the common data commands.
-    /// Unknown commands give an empty list: callers that must be safe treat
-    /// that as "keys unknown", not "no keys".
+    /// Indices into `args` of the keys, for commands whose keys are known.
+    /// Unknown commands give an empty list: callers that must be safe use
+    /// [`Command::key_positions`], which tells "no keys" from "unknown".
     pub fn keys(&self) -> Vec<usize> {
-        let name = self.name();
+        match self.key_positions() {
+            Keys::At(v) => v,
+            Keys::None | Keys::Unknown => Vec::new(),
+        }
+    }
+
+    /// Where the keys of this command are (see [`Keys`]). Every command of
+    /// Redis 7.0 is known; a container command's keys follow its
+    /// subcommand (`OBJECT ENCODING key`, `XINFO STREAM key`, ...).
+    pub fn key_positions(&self) -> Keys {
         let n = self.args.len();
-        match name.as_str() {
-            "MGET" | "DEL" | "EXISTS" => (1..n).collect(),
-            "MSET" => (1..n).step_by(2).collect(),
-            "RENAME" | "COPY" => (1..n.min(3)).collect(),
-            s if FIRST_KEY.contains(&s) => (1..n.min(2)).collect(),
-            _ => Vec::new(),
+        let Some(spec) = lookup(self.name_bytes()) else {
+            return Keys::Unknown;
+        };
+        let from = |first: usize| -> Keys {
+            if first < n {
+                Keys::At(vec![first])
+            } else {
+                Keys::None
+            }
+        };
+        match spec {
+            KeySpec::None => {
+                // Containers whose subcommands take a key.
+                let keyed = (self.is("OBJECT") && !self.arg_is(1, "HELP"))
+                    || (self.is("MEMORY") && self.arg_is(1, "USAGE"))
+                    || (self.is("XINFO") && !self.arg_is(1, "HELP"))
+                    || (self.is("XGROUP") && !self.arg_is(1, "HELP"));
+                if keyed {
+                    from(2)
+                } else {
+                    Keys::None
+                }
+            }
+            KeySpec::Range(first, last, step) => {
+                let (first, step) = (first as usize, step.max(1) as usize);
+                let last = if last < 0 {
+                    n as i64 + i64::from(last)
+                } else {
+                    i64::from(last)
+                };
+                let mut out = Vec::new();
+                let mut i = first;
+                while (i as i64) <= last && i < n {
+                    out.push(i);
+                    i += step;
+                }
+                if out.is_empty() {
+                    // Too few arguments: the server answers with an error.
+                    Keys::None
+                } else {
+                    Keys::At(out)
+                }
+            }
+            KeySpec::Movable => self.movable_keys(),
+        }
+    }
+
+    /// Key positions of the `movablekeys` commands.
+    fn movable_keys(&self) -> Keys {
+        let n = self.args.len();
+        // numkeys at `at`, the keys right after it, `extra` positions before.
+        let numkeys = |at: usize, extra: &[usize]| -> Keys {
+            let Some(k) = parse_count(self.args.get(at)) else {
+                return Keys::Unknown;
+            };
+            if at + k >= n {
+                return Keys::Unknown;
+            }
+            let mut v: Vec<usize> = extra.iter().copied().filter(|&i| i < n).collect();
+            v.extend(at + 1..at + 1 + k);
+            Keys::At(v)
+        };
+        let mut buf = [0u8; NAME_BUF];
+        let name = upper_into(self.name_bytes(), &mut buf).unwrap_or_default();
+        match name {
+            b"ZUNION" | b"ZINTER" | b"ZDIFF" | b"ZINTERCARD" | b"SINTERCARD" | b"LMPOP"
+            | b"ZMPOP" => numkeys(1, &[]),
+            b"ZUNIONSTORE" | b"ZINTERSTORE" | b"ZDIFFSTORE" => numkeys(2, &[1]),
+            b"BLMPOP" | b"BZMPOP" | b"EVAL" | b"EVAL_RO" | b"EVALSHA" | b"EVALSHA_RO"
+            | b"FCALL" | b"FCALL_RO" => numkeys(2, &[]),
+            b"XREAD" | b"XREADGROUP" => {
+                let mut i = 1;
+                while i < n {
+                    let a = &self.args[i];
+                    if a.eq_ignore_ascii_case(b"STREAMS") {
+                        let rest = n - i - 1;
+                        if rest == 0 || !rest.is_multiple_of(2) {
+                            return Keys::Unknown;
+                        }
+                        return Keys::At((i + 1..i + 1 + rest / 2).collect());
+                    }
+                    i += if a.eq_ignore_ascii_case(b"COUNT") || a.eq_ignore_ascii_case(b"BLOCK") {
+                        2
+                    } else if a.eq_ignore_ascii_case(b"GROUP") {
+                        3
+                    } else if a.eq_ignore_ascii_case(b"NOACK") {
+                        1
+                    } else {
+                        return Keys::Unknown;
+                    };
+                }
+                Keys::Unknown
+            }
+            b"SORT" | b"SORT_RO" => {
+                if n < 2 {
+                    return Keys::None;
+                }
+                let mut v = vec![1];
+                let mut i = 2;
+                while i < n {
+                    let a = &self.args[i];
+                    if a.eq_ignore_ascii_case(b"GET") {
+                        // GET # is the element itself; any other pattern
+                        // reads other keys.
+                        if self.args.get(i + 1).is_none_or(|p| &p[..] != b"#") {
+                            return Keys::Unknown;
+                        }
+                        i += 2;
+                    } else if a.eq_ignore_ascii_case(b"BY") {
+                        // BY nosort / a constant is harmless, a pattern reads keys.
+                        if self.args.get(i + 1).is_none_or(|p| p.contains(&b'*')) {
+                            return Keys::Unknown;
+                        }
+                        i += 2;
+                    } else if a.eq_ignore_ascii_case(b"STORE") {
+                        match self.args.get(i + 1) {
+                            Some(_) => v.push(i + 1),
+                            None => return Keys::Unknown,
+                        }
+                        i += 2;
+                    } else if a.eq_ignore_ascii_case(b"LIMIT") {
+                        i += 3;
+                    } else {
+                        i += 1;
+                    }
+                }
+                Keys::At(v)
+            }
+            b"GEORADIUS" | b"GEORADIUSBYMEMBER" => {
+                if n < 2 {
+                    return Keys::None;
+                }
+                let mut v = vec![1];
+                for i in 2..n {
+                    let a = &self.args[i];
+                    let store =
+                        a.eq_ignore_ascii_case(b"STORE") || a.eq_ignore_ascii_case(b"STOREDIST");
+                    if store && i + 1 < n {
+                        v.push(i + 1);
+                    }
+                }
+                Keys::At(v)
+            }
+            // MIGRATE and anything else that Redis marks movable.
+            _ => Keys::Unknown,
         }
     }
 
@@ -466,6 +935,58 @@ impl Decoder {
         Ok(Some(value))
     }
 
+    /// [`Decoder::decode`], also returning the bytes the value occupied, so
+    /// a value forwarded unchanged is written as it came (no re-encoding).
+    pub fn decode_raw(&mut self, buf: &mut BytesMut) -> Result<Option<(Value, Bytes)>, CodecError> {
+        let Some(end) = self.run_scan(buf, false)? else {
+            return Ok(None);
+        };
+        let data = buf.split_to(end).freeze();
+        let mut pos = 0;
+        let value = build(&data, &mut pos, 1, &self.limits)?;
+        if pos != data.len() {
+            return Err(CodecError::malformed(format!(
+                "internal: built {pos} of {} scanned bytes",
+                data.len()
+            )));
+        }
+        Ok(Some((value, data)))
+    }
+
+    /// [`Decoder::decode_command`], also returning the command's bytes when
+    /// it came as a RESP array (`None` for an inline command, which the
+    /// proxy re-encodes as an array so that the server reads exactly the
+    /// words the policy saw).
+    pub fn decode_command_raw(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<(Command, Option<Bytes>)>, CodecError> {
+        loop {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            if buf[0] != b'*' {
+                let Some(line) = self.inline_line(buf)? else {
+                    return Ok(None);
+                };
+                let args = split_inline(&line)?;
+                if args.is_empty() {
+                    continue;
+                }
+                return Ok(Some((Command { args }, None)));
+            }
+            let Some(end) = self.run_scan(buf, true)? else {
+                return Ok(None);
+            };
+            let data = buf.split_to(end).freeze();
+            let args = command_args(&data, &self.limits)?;
+            if args.is_empty() {
+                continue;
+            }
+            return Ok(Some((Command { args }, Some(data))));
+        }
+    }
+
     /// Decodes one client command off the front of `buf`, in either form a
     /// Redis server accepts: a RESP array of bulk strings (when the first
     /// byte is `*`), or an inline command, a line of words split the way
@@ -493,19 +1014,7 @@ impl Decoder {
                 return Ok(None);
             };
             let data = buf.split_to(end).freeze();
-            let mut pos = 0;
-            let args = match build(&data, &mut pos, 1, &self.limits)? {
-                Value::Array(Some(items)) => items
-                    .into_iter()
-                    .map(|item| match item {
-                        Value::Bulk(Some(b)) => Ok(b),
-                        other => Err(CodecError::malformed(format!(
-                            "internal: command argument is {other:?}"
-                        ))),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-                _ => Vec::new(),
-            };
+            let args = command_args(&data, &self.limits)?;
             if args.is_empty() {
                 continue;
             }
@@ -563,6 +1072,24 @@ impl Decoder {
                 other
             }
         }
+    }
+}
+
+/// The arguments of a command array the pre-scan has validated, as slices
+/// of `data`, without building the intermediate array value.
+fn command_args(data: &Bytes, limits: &Limits) -> Result<Vec<Bytes>, CodecError> {
+    let mut pos = 0;
+    match build(data, &mut pos, 1, limits)? {
+        Value::Array(Some(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Bulk(Some(b)) => Ok(b),
+                other => Err(CodecError::malformed(format!(
+                    "internal: command argument is {other:?}"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>(),
+        _ => Ok(Vec::new()),
     }
 }
 

@@ -6,9 +6,12 @@
 //! encoders for what the proxy writes itself.
 
 pub mod codec;
+pub mod masking;
 pub mod session;
 
 #[cfg(test)]
 mod tests;
 
-pub use codec::{decode, decode_command, error_reply, CodecError, Command, Decoder, Limits, Value};
+pub use codec::{
+    decode, decode_command, error_reply, CodecError, Command, Decoder, Keys, Limits, Value,
+};

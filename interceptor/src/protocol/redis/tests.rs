@@ -542,10 +542,100 @@ fn names_and_keys() {
     assert_eq!(cmd(&["hset", "h", "f", "v"]).keys(), vec![1]);
     assert_eq!(cmd(&["XADD", "s", "*", "f", "v"]).keys(), vec![1]);
     assert_eq!(cmd(&["PING"]).keys(), Vec::<usize>::new());
+    // Declared keys of scripts (the masking check denies scripts anyway).
+    assert_eq!(cmd(&["EVAL", "return 1", "1", "k"]).keys(), vec![3]);
+}
+
+#[test]
+fn key_positions_cover_every_command_shape() {
+    use super::codec::Keys;
+    let at = |w: &[&str]| cmd(w).key_positions();
+    assert_eq!(at(&["PING"]), Keys::None);
+    assert_eq!(at(&["config", "get", "x"]), Keys::None);
+    assert_eq!(at(&["client", "setname", "x"]), Keys::None);
+    assert_eq!(at(&["GET"]), Keys::None);
+    assert_eq!(at(&["getrange", "k", "0", "1"]), Keys::At(vec![1]));
+    assert_eq!(at(&["BLPOP", "a", "b", "0"]), Keys::At(vec![1, 2]));
     assert_eq!(
-        cmd(&["EVAL", "return 1", "1", "k"]).keys(),
-        Vec::<usize>::new()
+        at(&["LMOVE", "a", "b", "LEFT", "RIGHT"]),
+        Keys::At(vec![1, 2])
     );
+    assert_eq!(at(&["SMOVE", "a", "b", "m"]), Keys::At(vec![1, 2]));
+    assert_eq!(
+        at(&["BITOP", "AND", "d", "a", "b"]),
+        Keys::At(vec![2, 3, 4])
+    );
+    assert_eq!(
+        at(&["ZUNIONSTORE", "d", "2", "a", "b", "WEIGHTS", "1", "2"]),
+        Keys::At(vec![1, 3, 4])
+    );
+    assert_eq!(at(&["ZINTER", "2", "a", "b"]), Keys::At(vec![2, 3]));
+    assert_eq!(at(&["ZINTER", "9", "a", "b"]), Keys::Unknown);
+    assert_eq!(at(&["ZINTER", "x", "a"]), Keys::Unknown);
+    assert_eq!(
+        at(&["BLMPOP", "0", "2", "a", "b", "LEFT"]),
+        Keys::At(vec![3, 4])
+    );
+    assert_eq!(
+        at(&["XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0"]),
+        Keys::At(vec![4, 5])
+    );
+    assert_eq!(
+        at(&[
+            "xreadgroup",
+            "GROUP",
+            "g",
+            "c",
+            "noack",
+            "streams",
+            "s",
+            ">"
+        ]),
+        Keys::At(vec![6])
+    );
+    assert_eq!(at(&["XREAD", "STREAMS", "s1"]), Keys::Unknown);
+    assert_eq!(
+        at(&["SORT", "l", "LIMIT", "0", "5", "ALPHA"]),
+        Keys::At(vec![1])
+    );
+    assert_eq!(at(&["SORT", "l", "STORE", "d"]), Keys::At(vec![1, 3]));
+    assert_eq!(at(&["SORT", "l", "BY", "w_*"]), Keys::Unknown);
+    assert_eq!(at(&["SORT", "l", "GET", "o_*"]), Keys::Unknown);
+    assert_eq!(at(&["SORT", "l", "GET", "#"]), Keys::At(vec![1]));
+    assert_eq!(
+        at(&["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"]),
+        Keys::At(vec![1, 7])
+    );
+    assert_eq!(at(&["MIGRATE", "h", "1", "k", "0", "5"]), Keys::Unknown);
+    assert_eq!(at(&["OBJECT", "ENCODING", "k"]), Keys::At(vec![2]));
+    assert_eq!(at(&["OBJECT", "HELP"]), Keys::None);
+    assert_eq!(at(&["MEMORY", "USAGE", "k"]), Keys::At(vec![2]));
+    assert_eq!(at(&["XINFO", "STREAM", "s", "FULL"]), Keys::At(vec![2]));
+    assert_eq!(at(&["SSUBSCRIBE", "ch"]), Keys::None);
+    assert_eq!(at(&["MODULE.COMMAND", "k"]), Keys::Unknown);
+    assert_eq!(at(&["JSON.GET", "k"]), Keys::Unknown);
+    assert!(cmd(&["get", "x"]).is("GET"));
+    assert!(!cmd(&["get", "x"]).is("GETEX"));
+    assert_eq!(cmd(&["Get"]).name_bytes(), b"Get");
+}
+
+#[test]
+fn decode_raw_returns_the_bytes_as_they_came() {
+    let wire = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n";
+    let mut buf = BytesMut::from(&wire[..]);
+    let mut d = Decoder::new(limits());
+    let (c, raw) = d.decode_command_raw(&mut buf).unwrap().unwrap();
+    assert_eq!(c, cmd(&["GET", "k"]));
+    assert_eq!(raw.as_deref(), Some(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]));
+    let (c, raw) = d.decode_command_raw(&mut buf).unwrap().unwrap();
+    assert_eq!(c, cmd(&["PING"]));
+    assert_eq!(raw, None);
+    assert!(d.decode_command_raw(&mut buf).unwrap().is_none());
+    let mut buf = BytesMut::from(&b"*2\r\n$1\r\na\r\n:1\r\n+x"[..]);
+    let (v, raw) = d.decode_raw(&mut buf).unwrap().unwrap();
+    assert_eq!(v, Value::Array(Some(vec![bulk("a"), Value::Integer(1)])));
+    assert_eq!(&raw[..], b"*2\r\n$1\r\na\r\n:1\r\n");
+    assert!(d.decode_raw(&mut buf).unwrap().is_none());
 }
 
 #[test]
