@@ -72,9 +72,10 @@ pub fn run(seconds: u64) {
     out.push_str(&format!(
         "redis-benchmark -t get,set -c {CLIENTS} (3-byte values), direct vs through the interceptor, \
          best of 2 interleaved runs\n\
-         server: redis-server on {} (no TLS, no password); interceptor: store protocol `redis`, \
-         policies/default.toml rules and masks, audit on (batched journal)\n\n",
-        server.addr()
+         server: redis-server on {} (no TLS, no password); interceptor: store protocol `{}`, \
+         policies/default.toml rules and masks (redis only), audit on (batched journal)\n\n",
+        server.addr(),
+        protocol()
     ));
     out.push_str(&format!(
         "{:<14} {:<4} {:>12} {:>12} {:>7}\n",
@@ -104,7 +105,31 @@ pub fn run(seconds: u64) {
     drop(server);
 }
 
+/// How the store is served: `redis` (the protocol handler) unless this says
+/// `tcp` (the byte relay, no parsing: the floor the handler is compared to).
+const PROTOCOL_ENV: &str = "INTERCEPTOR_BENCH_REDIS_PROTOCOL";
+
+fn protocol() -> &'static str {
+    match std::env::var(PROTOCOL_ENV).as_deref() {
+        Ok("redis") | Err(_) => "redis",
+        Ok("tcp") => "tcp",
+        Ok(other) => panic!("{PROTOCOL_ENV}={other}: expected `redis` or `tcp`"),
+    }
+}
+
 fn start_daemon(cg: &TestCgroup, server: &RedisServer) -> Daemon {
+    match protocol() {
+        "redis" => {}
+        _ => {
+            eprintln!("==> {PROTOCOL_ENV}=tcp: the store is served by the tcp relay");
+            return Daemon::start(
+                "bench-redis",
+                cg,
+                LISTEN_PORT,
+                &[interceptor_tests::tcp_store("redis", &[server.addr()])],
+            );
+        }
+    }
     let default = workspace_root().join("policies/default.toml");
     let policy =
         fs::read_to_string(&default).unwrap_or_else(|e| panic!("read {}: {e}", default.display()));
