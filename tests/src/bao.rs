@@ -118,7 +118,12 @@ impl BaoServer {
                 thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            let out = self.curl(&["-sf", "-o", "/dev/null", &format!("{}/v1/sys/health", self.url())]);
+            let out = self.curl(&[
+                "-sf",
+                "-o",
+                "/dev/null",
+                &format!("{}/v1/sys/health", self.url()),
+            ]);
             if out.status.success() {
                 return;
             }
@@ -171,7 +176,10 @@ impl BaoServer {
             return Value::Null;
         }
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("{method} {path}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "{method} {path}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 

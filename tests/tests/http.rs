@@ -31,7 +31,8 @@ fn daemon(name: &str, port: u16, bao: &BaoServer) -> (TestCgroup, Daemon) {
     let cgroup = TestCgroup::new(name);
     let default = std::fs::read_to_string(workspace_root().join("policies/default.toml"))
         .expect("read policies/default.toml");
-    let mut body = default[default.find("[audit]").expect("default.toml has [audit]")..].to_string();
+    let mut body =
+        default[default.find("[audit]").expect("default.toml has [audit]")..].to_string();
     if bao.tls {
         // The vault store's upstream_tls is the last `disable` before the rules.
         let rules = body.find("[[rule]]").expect("rules");
@@ -143,7 +144,11 @@ fn hvac(d: &Daemon, c: &Client, args: &[&str]) -> Value {
     if let Some(ca) = &ca {
         full.push(ca);
     }
-    json_of(&ok(d.exec(&full).output().expect("python"), "http_client.py", d))
+    json_of(&ok(
+        d.exec(&full).output().expect("python"),
+        "http_client.py",
+        d,
+    ))
 }
 
 fn events(d: &Daemon) -> Vec<Value> {
@@ -188,9 +193,14 @@ fn kv2_read_masked(name: &str, port: u16, tls: bool) {
     let c = client(&d, &bao);
 
     let out = ok(
-        bao_cmd(&d, &c, ROOT_TOKEN, &["kv", "get", "-format=json", "secret/app"])
-            .output()
-            .expect("bao"),
+        bao_cmd(
+            &d,
+            &c,
+            ROOT_TOKEN,
+            &["kv", "get", "-format=json", "secret/app"],
+        )
+        .output()
+        .expect("bao"),
         "bao kv get",
         &d,
     );
@@ -248,14 +258,26 @@ fn tls_by_hostname_sends_sni_and_verifies_the_store_by_that_name() {
     let (code, body) = curl(
         &d,
         &c,
-        &["--resolve", &format!("localhost:{}:127.0.0.1", bao.port), "-H", "X-Vault-Token: root", &url],
+        &[
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", bao.port),
+            "-H",
+            "X-Vault-Token: root",
+            &url,
+        ],
     );
     assert_eq!(code, 200, "{body}");
     assert_kv2_masked(&json_of(&body), "curl by hostname");
     // A client that does not trust the interceptor's CA is refused by its
     // own TLS check: the proxy presents its own certificate.
     let out = d
-        .exec(&["curl", "-sS", "--cacert", bao.ca_path().to_str().expect("utf-8"), &url])
+        .exec(&[
+            "curl",
+            "-sS",
+            "--cacert",
+            bao.ca_path().to_str().expect("utf-8"),
+            &url,
+        ])
         .output()
         .expect("curl");
     assert!(!out.status.success(), "{}", text(&out));
@@ -292,7 +314,10 @@ fn denied_sys_paths_get_403_json_and_normalization_bypasses_fail() {
         );
         assert_eq!(code, 403, "{path}: {body}");
         let lower = body.to_ascii_lowercase();
-        assert!(lower.contains("content-type: application/json"), "{path}: {body}");
+        assert!(
+            lower.contains("content-type: application/json"),
+            "{path}: {body}"
+        );
         let json = &body[body.find("\r\n\r\n").expect("headers") + 4..];
         let v = json_of(json);
         let msg = v["errors"][0].as_str().unwrap_or_default();
@@ -303,12 +328,22 @@ fn denied_sys_paths_get_403_json_and_normalization_bypasses_fail() {
     let (code, body) = curl(
         &d,
         &c,
-        &["-X", "DELETE", "-H", "X-Vault-Token: root", &format!("{base}/v1/sys/mounts/secret")],
+        &[
+            "-X",
+            "DELETE",
+            "-H",
+            "X-Vault-Token: root",
+            &format!("{base}/v1/sys/mounts/secret"),
+        ],
     );
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("no-vault-sys-deletes"), "{body}");
     // An unreadable path is refused, not guessed at.
-    let (code, body) = curl(&d, &c, &["-H", "X-Vault-Token: root", &format!("{base}/v1/%zz/x")]);
+    let (code, body) = curl(
+        &d,
+        &c,
+        &["-H", "X-Vault-Token: root", &format!("{base}/v1/%zz/x")],
+    );
     assert_eq!(code, 400, "{body}");
     // One connection: denied, then allowed, then denied again.
     let (code, body) = curl(
@@ -336,7 +371,11 @@ fn denied_sys_paths_get_403_json_and_normalization_bypasses_fail() {
     let (code, body) = curl(
         &d,
         &c,
-        &["-H", "X-Vault-Token: root", &format!("{base}/v1/auth/token/lookup-self")],
+        &[
+            "-H",
+            "X-Vault-Token: root",
+            &format!("{base}/v1/auth/token/lookup-self"),
+        ],
     );
     assert_eq!(code, 200, "{body}");
     let (code, body) = curl(&d, &c, &[&format!("{base}/v1/sys/health")]);
@@ -370,7 +409,12 @@ fn response_wrapping_and_unwrap_are_masked() {
     // Wrapping tokens obtained directly from the server, outside the
     // cgroup, then unwrapped through the proxy: the payload is masked.
     let wrap = |bao: &BaoServer| {
-        let w = bao.api("GET", "/v1/secret/data/app", None, &["-H", "X-Vault-Wrap-TTL: 60s"]);
+        let w = bao.api(
+            "GET",
+            "/v1/secret/data/app",
+            None,
+            &["-H", "X-Vault-Wrap-TTL: 60s"],
+        );
         w["wrap_info"]["token"]
             .as_str()
             .unwrap_or_else(|| panic!("{w}"))
@@ -397,7 +441,9 @@ fn response_wrapping_and_unwrap_are_masked() {
 
     let t = wrap(&bao);
     let out = ok(
-        bao_cmd(&d, &c, &t, &["unwrap", "-format=json"]).output().expect("bao"),
+        bao_cmd(&d, &c, &t, &["unwrap", "-format=json"])
+            .output()
+            .expect("bao"),
         "bao unwrap",
         &d,
     );
@@ -428,16 +474,28 @@ fn audit_events_carry_method_path_status_decision_and_no_tokens() {
     let bearer_file = d.dir.path().join("bearer-header");
     std::fs::write(&bearer_file, format!("Authorization: Bearer {token}\n")).expect("write");
     let hdr = format!("@{}", hdr_file.display());
-    let (code, body) = curl(&d, &c, &["-H", &hdr, &format!("{base}/v1/secret/data/app?version=1")]);
+    let (code, body) = curl(
+        &d,
+        &c,
+        &["-H", &hdr, &format!("{base}/v1/secret/data/app?version=1")],
+    );
     assert_eq!(code, 200, "{body}");
     let (code, _) = curl(&d, &c, &["-H", &hdr, &format!("{base}/v1/sys/mounts")]);
     assert_eq!(code, 403);
-    let (code, _) = curl(&d, &c, &["-H", &hdr, &format!("{base}/v1/secret/data/missing")]);
+    let (code, _) = curl(
+        &d,
+        &c,
+        &["-H", &hdr, &format!("{base}/v1/secret/data/missing")],
+    );
     assert_eq!(code, 404);
     let (code, body) = curl(
         &d,
         &c,
-        &["-H", &format!("@{}", bearer_file.display()), &format!("{base}/v1/auth/token/lookup-self")],
+        &[
+            "-H",
+            &format!("@{}", bearer_file.display()),
+            &format!("{base}/v1/auth/token/lookup-self"),
+        ],
     );
     assert_eq!(code, 200, "{body}");
 
@@ -451,7 +509,10 @@ fn audit_events_carry_method_path_status_decision_and_no_tokens() {
     assert_eq!(read["masked_values"], 3, "{read}");
     assert!(read["error"].is_null(), "{read}");
     let stmt = read["statement"].as_str().unwrap_or_default();
-    assert!(stmt.starts_with("GET /v1/secret/data/app?version=hmac:"), "{read}");
+    assert!(
+        stmt.starts_with("GET /v1/secret/data/app?version=hmac:"),
+        "{read}"
+    );
     assert!(read["bytes_down"].as_u64().unwrap_or(0) > 0, "{read}");
     assert!(read["duration_us"].as_i64().is_some(), "{read}");
     let deny = ev
@@ -487,7 +548,9 @@ fn audit_events_carry_method_path_status_decision_and_no_tokens() {
         assert!(!hay.contains(SECRET), "{} holds the secret", path.display());
     }
     assert!(
-        files_under(&d.audit_dir()).iter().any(|p| p.extension().is_some_and(|e| e == "parquet")),
+        files_under(&d.audit_dir())
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "parquet")),
         "parquet files written"
     );
 }
@@ -496,9 +559,16 @@ fn raw(d: &Daemon, bao: &BaoServer, kind: &str) -> Value {
     let s = script();
     let port = bao.port.to_string();
     let out = ok(
-        d.exec(&[PYTHON3, s.to_str().expect("utf-8"), "raw", "127.0.0.1", &port, kind])
-            .output()
-            .expect("python"),
+        d.exec(&[
+            PYTHON3,
+            s.to_str().expect("utf-8"),
+            "raw",
+            "127.0.0.1",
+            &port,
+            kind,
+        ])
+        .output()
+        .expect("python"),
         kind,
         d,
     );
@@ -537,17 +607,26 @@ fn malformed_http_ends_only_its_connection() {
     assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 400"), "{r}");
     let r = raw(&d, &bao, "header_flood");
     assert!(
-        r["response"].as_str().unwrap_or_default().starts_with("HTTP/1.1 431"),
+        r["response"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 431"),
         "{r}"
     );
     let r = raw(&d, &bao, "giant_content_length");
     assert!(
-        r["response"].as_str().unwrap_or_default().starts_with("HTTP/1.1 413"),
+        r["response"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 413"),
         "{r}"
     );
     let r = raw(&d, &bao, "bad_content_length");
     assert!(
-        r["response"].as_str().unwrap_or_default().starts_with("HTTP/1.1 400"),
+        r["response"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 400"),
         "{r}"
     );
     let r = raw(&d, &bao, "truncated");
@@ -556,7 +635,10 @@ fn malformed_http_ends_only_its_connection() {
     assert_eq!(r["closed"], true, "{r}");
     let r = raw(&d, &bao, "path:/v1/%zz");
     assert!(
-        r["response"].as_str().unwrap_or_default().starts_with("HTTP/1.1 400"),
+        r["response"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 400"),
         "{r}"
     );
 
@@ -569,7 +651,15 @@ fn malformed_http_ends_only_its_connection() {
         assert_kv2_masked(&r["body"], "keepalive");
     }
     // The daemon still serves new connections.
-    let (code, body) = curl(&d, &c, &["-H", "X-Vault-Token: root", &format!("{}/v1/secret/data/app", c.url)]);
+    let (code, body) = curl(
+        &d,
+        &c,
+        &[
+            "-H",
+            "X-Vault-Token: root",
+            &format!("{}/v1/secret/data/app", c.url),
+        ],
+    );
     assert_eq!(code, 200, "{body}");
     let s = sessions(&d);
     let reasons: Vec<&str> = s.iter().filter_map(|s| s["end_reason"].as_str()).collect();
@@ -596,7 +686,11 @@ fn large_bodies_stream_and_chunked_uploads_work() {
     // A 4 MiB secret written with a chunked upload, then read back masked.
     let big = "x".repeat(4 * 1024 * 1024);
     let file = d.dir.path().join("big.json");
-    std::fs::write(&file, json!({"data": {"blob": big, "note": "n"}}).to_string()).expect("write");
+    std::fs::write(
+        &file,
+        json!({"data": {"blob": big, "note": "n"}}).to_string(),
+    )
+    .expect("write");
     let (code, body) = curl(
         &d,
         &c,
@@ -613,16 +707,30 @@ fn large_bodies_stream_and_chunked_uploads_work() {
         ],
     );
     assert_eq!(code, 200, "{body}");
-    let (code, body) = curl(&d, &c, &["-H", "X-Vault-Token: root", &format!("{}/v1/secret/data/big", c.url)]);
+    let (code, body) = curl(
+        &d,
+        &c,
+        &[
+            "-H",
+            "X-Vault-Token: root",
+            &format!("{}/v1/secret/data/big", c.url),
+        ],
+    );
     assert_eq!(code, 200);
     let v = json_of(&body);
     assert_eq!(v["data"]["data"]["blob"], REDACTED);
     let direct = bao.api("GET", "/v1/secret/data/big", None, &[]);
-    assert_eq!(direct["data"]["data"]["blob"].as_str().map(str::len), Some(big.len()));
+    assert_eq!(
+        direct["data"]["data"]["blob"].as_str().map(str::len),
+        Some(big.len())
+    );
     let ev = events(&d);
     let put = ev
         .iter()
         .find(|e| e["command"] == "POST /v1/secret/data/{path}")
         .unwrap_or_else(|| panic!("{ev:?}"));
-    assert!(put["bytes_up"].as_u64().unwrap_or(0) > 4 * 1024 * 1024, "{put}");
+    assert!(
+        put["bytes_up"].as_u64().unwrap_or(0) > 4 * 1024 * 1024,
+        "{put}"
+    );
 }

@@ -68,8 +68,16 @@ pub fn run(seconds: u64) {
     );
     out.push_str(&format!(
         "{:<11} {:>10} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-        "workload", "rps direct", "rps icept", "ratio", "avg dir", "avg icpt", "p50 dir", "p50 icpt",
-        "p99 dir", "p99 icpt"
+        "workload",
+        "rps direct",
+        "rps icept",
+        "ratio",
+        "avg dir",
+        "avg icpt",
+        "p50 dir",
+        "p50 icpt",
+        "p99 dir",
+        "p99 icpt"
     ));
     for (name, dir, icp) in &rows {
         out.push_str(&format!(
@@ -106,7 +114,10 @@ fn start_daemon(cg: &TestCgroup, bao: &BaoServer) -> Daemon {
     let default = fs::read_to_string(workspace_root().join("policies/default.toml"))
         .expect("read policies/default.toml");
     let body = default[default.find("[audit]").expect("[audit]")..]
-        .replace("targets = [\"*:8200\"]", &format!("targets = [\"{}\"]", bao.addr()))
+        .replace(
+            "targets = [\"*:8200\"]",
+            &format!("targets = [\"{}\"]", bao.addr()),
+        )
         .replace("targets = [\"*:5432\"]", "targets = [\"127.0.0.1:1\"]")
         .replace("targets = [\"*:6379\"]", "targets = [\"127.0.0.1:2\"]");
     let mut d = Daemon::prepare("bench-http", cg, LISTEN_PORT, &[], &body);

@@ -386,15 +386,18 @@ impl Ctx {
     fn note_token(&self, headers: &HeaderMap) {
         // `Authorization: Bearer T` is hashed as T, so that the same token
         // gives the same HMAC whichever header carried it.
-        let token = headers.get("x-vault-token").map(|v| v.as_bytes()).or_else(|| {
-            headers.get(header::AUTHORIZATION).map(|v| {
-                let v = v.as_bytes();
-                match v.get(..7) {
-                    Some(p) if p.eq_ignore_ascii_case(b"bearer ") => v[7..].trim_ascii(),
-                    _ => v,
-                }
-            })
-        });
+        let token = headers
+            .get("x-vault-token")
+            .map(|v| v.as_bytes())
+            .or_else(|| {
+                headers.get(header::AUTHORIZATION).map(|v| {
+                    let v = v.as_bytes();
+                    match v.get(..7) {
+                        Some(p) if p.eq_ignore_ascii_case(b"bearer ") => v[7..].trim_ascii(),
+                        _ => v,
+                    }
+                })
+            });
         if let Some(token) = token {
             let mut s = lock(&self.session);
             if s.db_user.is_none() {
