@@ -7,6 +7,8 @@ Each scenario prints one JSON object on stdout.
   raw HOST PORT KIND               a malformed request of KIND; what came back
   keepalive HOST PORT TOKEN PATH N SECONDS
                                    N requests on ONE connection over SECONDS
+  gated HOST PORT TOKEN GATE       on one connection: GET a secret, wait for
+                                   the file GATE, then write the secret twice
 """
 
 import json
@@ -99,6 +101,27 @@ def scenario_keepalive(host, port, token, path, n, seconds):
         time.sleep(seconds / n)
     sock = conn.sock
     print(json.dumps({"results": results, "same_connection": sock is not None}))
+
+
+def scenario_gated(host, port, token, gate):
+    import http.client
+
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    results = []
+
+    def call(method, path, body=None):
+        headers = {"X-Vault-Token": token, "Content-Type": "application/json"}
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        results.append({"status": r.status, "body": r.read().decode("utf-8", "replace")})
+
+    call("GET", "/v1/secret/data/app")
+    deadline = time.time() + 20
+    while not os.path.exists(gate) and time.time() < deadline:
+        time.sleep(0.05)
+    for _ in range(2):
+        call("POST", "/v1/secret/data/app", json.dumps({"data": {"password": "overwritten"}}))
+    print(json.dumps({"results": results}))
 
 
 if __name__ == "__main__":

@@ -734,3 +734,91 @@ fn large_bodies_stream_and_chunked_uploads_work() {
         "{put}"
     );
 }
+
+/// Fills the filesystem holding `dir` until a write fails.
+fn fill(dir: &std::path::Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_stops_requests_with_503() {
+    require_root();
+    let bao = BaoServer::start(false);
+    put_app_secret(&bao);
+    let cgroup = TestCgroup::new("http-journal");
+    let default = std::fs::read_to_string(workspace_root().join("policies/default.toml"))
+        .expect("read policies/default.toml");
+    let body = default[default.find("[audit]").expect("[audit]")..]
+        .replace(
+            "targets = [\"*:8200\"]",
+            &format!("targets = [\"{}\"]", bao.addr()),
+        )
+        .replace("targets = [\"*:5432\"]", "targets = [\"127.0.0.1:1\"]")
+        .replace("targets = [\"*:6379\"]", "targets = [\"127.0.0.1:2\"]")
+        .replace("flush_interval = \"60s\"", "flush_interval = \"1h\"");
+    let mut d = Daemon::prepare("http-journal", &cgroup, 974, &[], &body);
+    let state = d.state_dir();
+    std::fs::create_dir_all(&state).expect("state dir");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    d.spawn();
+    let gate = d.dir.path().join("gate");
+    let s = script();
+    let port = bao.port.to_string();
+    let gate_s = gate.display().to_string();
+    let child = d
+        .exec(&[
+            PYTHON3,
+            s.to_str().expect("utf-8"),
+            "gated",
+            "127.0.0.1",
+            &port,
+            ROOT_TOKEN,
+            &gate_s,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let filler = fill(&state);
+    std::fs::write(&gate, b"go").expect("gate");
+    let v = json_of(&ok(child.wait_with_output().expect("client"), "gated", &d));
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results[0]["status"], 200, "{v}");
+    assert!(
+        results[0]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(REDACTED),
+        "{v}"
+    );
+    // The journal may still fit a record in a partly used page: the last
+    // write must be refused, and no refused write reached the server.
+    assert_eq!(results[2]["status"], 503, "{v}");
+    let body = results[2]["body"].as_str().unwrap_or_default();
+    assert!(body.contains("audit journal cannot be written"), "{v}");
+    let direct = bao.api("GET", "/v1/secret/data/app", None, &[]);
+    let refused = results.iter().filter(|r| r["status"] == 503).count();
+    if refused == 2 {
+        assert_eq!(direct["data"]["data"]["password"], SECRET, "{direct}");
+    }
+    std::fs::remove_file(&filler).expect("free space");
+}

