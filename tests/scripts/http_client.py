@@ -8,7 +8,7 @@ Each scenario prints one JSON object on stdout.
   keepalive HOST PORT TOKEN PATH N SECONDS
                                    N requests on ONE connection over SECONDS
   gated HOST PORT TOKEN GATE       on one connection: GET a secret, wait for
-                                   the file GATE, then write the secret twice
+                                   the file GATE, then write the secret 20 times
 """
 
 import json
@@ -119,7 +119,7 @@ def scenario_gated(host, port, token, gate):
     deadline = time.time() + 20
     while not os.path.exists(gate) and time.time() < deadline:
         time.sleep(0.05)
-    for _ in range(2):
+    for _ in range(20):
         call("POST", "/v1/secret/data/app", json.dumps({"data": {"password": "overwritten"}}))
     print(json.dumps({"results": results}))
 
