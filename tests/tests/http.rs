@@ -172,6 +172,15 @@ fn assert_kv2_masked(v: &Value, what: &str) {
         "{what}: metadata: {v}"
     );
     assert!(!v.to_string().contains("hunter2"), "{what}: {v}");
+    let meta = &v["data"]["metadata"]["custom_metadata"];
+    if !meta.is_null() {
+        assert_eq!(meta["owner"], "ci", "{what}: {v}");
+        let note = meta["note"].as_str().unwrap_or_default();
+        assert!(
+            note.starts_with("old key ") && !note.contains("AKIA"),
+            "{what}: {v}"
+        );
+    }
 }
 
 const SECRET: &str = "hunter2-very-secret";
@@ -189,6 +198,14 @@ fn kv2_read_masked(name: &str, port: u16, tls: bool) {
     require_root();
     let bao = BaoServer::start(tls);
     put_app_secret(&bao);
+    // A credential where no JSON path masks it: the detectors find it.
+    let v = bao.api(
+        "POST",
+        "/v1/secret/metadata/app",
+        Some(&json!({"custom_metadata": {"note": "old key AKIAIOSFODNN7EXAMPLE", "owner": "ci"}})),
+        &[],
+    );
+    assert!(v.get("errors").is_none(), "{v}");
     let (_cg, d) = daemon(name, port, &bao);
     let c = client(&d, &bao);
 
@@ -216,7 +233,12 @@ fn kv2_read_masked(name: &str, port: u16, tls: bool) {
         ],
     );
     assert_eq!(code, 200, "{body}");
-    assert_kv2_masked(&json_of(&body), "curl");
+    let v = json_of(&body);
+    assert!(
+        v["data"]["metadata"]["custom_metadata"]["note"].is_string(),
+        "the detector check saw the note: {v}"
+    );
+    assert_kv2_masked(&v, "curl");
 
     let v = hvac(&d, &c, &["hvac", ROOT_TOKEN, "app"]);
     assert_kv2_masked(&v, "hvac");
