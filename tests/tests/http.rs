@@ -360,6 +360,21 @@ fn denied_sys_paths_get_403_json_and_normalization_bypasses_fail() {
     );
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("no-vault-sys-deletes"), "{body}");
+    // WebSocket upgrades are refused; an h2c offer is served as HTTP/1.1.
+    let (code, body) = curl(
+        &d,
+        &c,
+        &[
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            &format!("{base}/v1/sys/health"),
+        ],
+    );
+    assert_eq!(code, 501, "{body}");
+    let (code, body) = curl(&d, &c, &["--http2", &format!("{base}/v1/sys/health")]);
+    assert_eq!(code, 200, "{body}");
     // An unreadable path is refused, not guessed at.
     let (code, body) = curl(
         &d,

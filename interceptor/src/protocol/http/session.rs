@@ -280,7 +280,8 @@ async fn run(
 /// Why a client connection ended with an error, for the audit trail.
 fn end_reason(e: &hyper::Error) -> String {
     if e.is_timeout() {
-        format!("client sent no complete request header within {HEADER_READ_TIMEOUT:?}")
+        // Also how an idle kept-alive connection ends.
+        format!("no request, or no complete request header, within {HEADER_READ_TIMEOUT:?}: closed")
     } else if e.is_parse_too_large() {
         "request header too large or too many header lines: answered 431".into()
     } else if e.is_parse_version_h2() {
@@ -411,7 +412,15 @@ impl Ctx {
 async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let method = req.method().clone();
     ctx.note_token(req.headers());
-    if method == Method::CONNECT || req.headers().contains_key(header::UPGRADE) {
+    // An `Upgrade: h2c` offer (curl --http2 on http://) is ignored, as
+    // RFC 9110 lets a server do: the request is served as HTTP/1.1. Other
+    // upgrades (WebSocket) and CONNECT tunnels would carry bytes no rule
+    // or mask could read: refused.
+    let upgrade = req.headers().get(header::UPGRADE).is_some_and(|u| {
+        !u.to_str()
+            .is_ok_and(|u| u.split(',').all(|p| p.trim().eq_ignore_ascii_case("h2c")))
+    });
+    if method == Method::CONNECT || upgrade {
         let event = ctx.event(format!("{method} (upgrade)"), Decision::Error);
         let msg = "interceptor: CONNECT and protocol upgrades (WebSocket, h2c) are not supported through the proxy";
         return ctx.refuse(event, StatusCode::NOT_IMPLEMENTED, msg, Some(msg.into()));
