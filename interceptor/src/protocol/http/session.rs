@@ -422,7 +422,7 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
     });
     if method == Method::CONNECT || upgrade {
         let event = ctx.event(format!("{method} (upgrade)"), Decision::Error);
-        let msg = "interceptor: CONNECT and protocol upgrades (WebSocket, h2c) are not supported through the proxy";
+        let msg = "interceptor: CONNECT and protocol upgrades (WebSocket) are not supported through the proxy";
         return ctx.refuse(event, StatusCode::NOT_IMPLEMENTED, msg, Some(msg.into()));
     }
     let path = match normalize(req.uri().path()) {
