@@ -12,7 +12,18 @@
 //! nulls stay null. The first mask section whose path matches decides the
 //! strategy.
 
-use serde_json::Value;
+pub use serde_json::Value;
+
+/// A JSON body, parsed (None when it is not JSON).
+pub fn parse(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice(body).ok()
+}
+
+/// A JSON value serialized compactly.
+pub fn to_bytes(v: &Value) -> Vec<u8> {
+    // Serializing a Value to memory cannot fail (its map keys are strings).
+    serde_json::to_vec(v).unwrap_or_default()
+}
 
 use crate::{
     audit::hostkey::HostKey,

@@ -794,10 +794,10 @@ async fn respond(
     let key = &ctx.store.key;
     let mut masked = None;
     if inspect == Inspect::Json {
-        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        if let Some(mut v) = super::json::parse(&bytes) {
             let n = masks.mask_json(&mut v, key);
             if n > 0 {
-                masked = serde_json::to_vec(&v).ok().map(|b| (Bytes::from(b), n));
+                masked = Some((Bytes::from(super::json::to_bytes(&v)), n));
             }
         } else if let Ok(text) = std::str::from_utf8(&bytes) {
             masked = masks.mask_text(text, key).map(|(t, n)| (Bytes::from(t), n));
