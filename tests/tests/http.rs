@@ -404,6 +404,35 @@ fn denied_sys_paths_get_403_json_and_normalization_bypasses_fail() {
         .find(|s| s["commands"] == 3)
         .unwrap_or_else(|| panic!("one session with 3 requests: {s:?}"));
     assert_eq!(one["denied"], 1, "{one}");
+    // A denied request with a body: the connection goes on (the body is
+    // read and dropped), the next request reuses it.
+    let out = ok(
+        d.exec(&[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            "-H",
+            "X-Vault-Token: root",
+            "--data",
+            "{\"type\":\"kv\"}",
+            &format!("{base}/v1/sys/mounts/other"),
+            "--next",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            &format!("{base}/v1/sys/health"),
+        ])
+        .output()
+        .expect("curl"),
+        "curl --next",
+        &d,
+    );
+    assert_eq!(out, "403 1\n200 0\n", "denied POST then reuse: {out:?}");
     // What the policy keeps working.
     let (code, body) = curl(
         &d,

@@ -408,15 +408,42 @@ impl Ctx {
     }
 }
 
+/// Most of a refused request's body read (and dropped) so that the
+/// connection can go on; a larger one ends the connection after the answer.
+const MAX_DRAIN: usize = 64 * 1024;
+
 /// One request, from decision to the answer.
 async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let method = req.method().clone();
-    ctx.note_token(req.headers());
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let resp = decide_and_forward(ctx, parts, &mut body).await;
+    // A refused request's body was not forwarded: hyper would close the
+    // connection rather than read it, so read a small one here and keep
+    // the connection (a denial leaves the session going, as in Vault).
+    if let Some(body) = body.filter(|b| !b.is_end_stream()) {
+        if body.size_hint().lower() <= MAX_DRAIN as u64 {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                Limited::new(body, MAX_DRAIN).collect(),
+            )
+            .await;
+        }
+    }
+    resp
+}
+
+async fn decide_and_forward(
+    ctx: &Arc<Ctx>,
+    req: http::request::Parts,
+    body: &mut Option<Incoming>,
+) -> Response<ProxyBody> {
+    let method = req.method.clone();
+    ctx.note_token(&req.headers);
     // An `Upgrade: h2c` offer (curl --http2 on http://) is ignored, as
     // RFC 9110 lets a server do: the request is served as HTTP/1.1. Other
     // upgrades (WebSocket) and CONNECT tunnels would carry bytes no rule
     // or mask could read: refused.
-    let upgrade = req.headers().get(header::UPGRADE).is_some_and(|u| {
+    let upgrade = req.headers.get(header::UPGRADE).is_some_and(|u| {
         !u.to_str()
             .is_ok_and(|u| u.split(',').all(|p| p.trim().eq_ignore_ascii_case("h2c")))
     });
@@ -425,22 +452,22 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
         let msg = "interceptor: CONNECT and protocol upgrades (WebSocket) are not supported through the proxy";
         return ctx.refuse(event, StatusCode::NOT_IMPLEMENTED, msg, Some(msg.into()));
     }
-    let path = match normalize(req.uri().path()) {
+    let path = match normalize(req.uri.path()) {
         Ok(p) => p,
         Err(e) => {
             let mut event = ctx.event(format!("{method} (invalid path)"), Decision::Error);
-            event.target = Some(truncate(req.uri().path(), 1024));
+            event.target = Some(truncate(req.uri.path(), 1024));
             let msg = format!("interceptor: {e}: refused");
             return ctx.refuse(event, StatusCode::BAD_REQUEST, &msg, Some(msg.clone()));
         }
     };
-    let query_owned = req.uri().query().map(str::to_string);
+    let query_owned = req.uri.query().map(str::to_string);
     let query = query_owned.as_deref();
     let mut event = ctx.event(template(method.as_str(), &path), Decision::Allow);
     event.target = Some(path.clone());
     event.statement = Some(statement(method.as_str(), &path, query, &ctx.store.key));
 
-    let namespace = match req.headers().get("x-vault-namespace").map(|v| v.to_str()) {
+    let namespace = match req.headers.get("x-vault-namespace").map(|v| v.to_str()) {
         None => None,
         Some(Ok(ns)) => Some(ns.trim_matches('/').to_string()),
         Some(Err(_)) => {
@@ -464,7 +491,7 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
         Verdict::Allow { rule } => event.rule = rule,
     }
     let declared = req
-        .headers()
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -500,7 +527,14 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
     };
 
     let up_bytes = Arc::new(AtomicU64::new(0));
-    let up_req = upstream_request(ctx, req, &path, query, up_bytes.clone());
+    let Some(client_body) = body.take() else {
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "interceptor: request body already taken",
+            true,
+        );
+    };
+    let up_req = upstream_request(ctx, req, client_body, &path, query, up_bytes.clone());
     let sent = {
         let mut s = sender.lock().await;
         match s.ready().await {
@@ -649,7 +683,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// and counted.
 fn upstream_request(
     ctx: &Ctx,
-    req: Request<Incoming>,
+    mut parts: http::request::Parts,
+    body: Incoming,
     path: &str,
     query: Option<&str>,
     counter: Arc<AtomicU64>,
@@ -658,7 +693,6 @@ fn upstream_request(
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
-    let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if !ctx.store.masks.is_empty() {
         parts.headers.remove(header::ACCEPT_ENCODING);
