@@ -185,7 +185,7 @@ async fn run(
 
     let mut upstream_error = None;
     let mut sender = None;
-    let mut up_task = None;
+    let mut up_conn = None;
     match upstream {
         Err(e) => upstream_error = Some(e),
         Ok(tcp) => {
@@ -210,7 +210,7 @@ async fn run(
                     {
                         Ok((s, conn)) => {
                             sender = Some(tokio::sync::Mutex::new(s));
-                            up_task = Some(tokio::spawn(conn));
+                            up_conn = Some(conn);
                         }
                         Err(e) => upstream_error = Some(format!("upstream HTTP handshake: {e}")),
                     }
@@ -220,9 +220,6 @@ async fn run(
     }
     session.rev += 1;
     if !record_session(&**recorder, &session) {
-        if let Some(t) = up_task {
-            t.abort();
-        }
         return (session, REFUSED.into());
     }
 
@@ -250,12 +247,16 @@ async fn run(
         .max_buf_size(MAX_HEAD);
     let conn = builder.serve_connection(TokioIo::new(client_io), service);
     tokio::pin!(conn);
-    let result = match up_task.as_mut() {
+    // Both connections are driven by this one task (no spawn): a response
+    // wakes the task that answers the client, without a hop between
+    // worker threads.
+    let result = match up_conn {
         None => conn.await,
-        Some(task) => {
+        Some(up) => {
+            tokio::pin!(up);
             tokio::select! {
                 r = &mut conn => r,
-                _ = task => {
+                _ = &mut up => {
                     // The server closed its side: finish what is in flight,
                     // then close the client's connection too (one upstream
                     // connection per client connection).
@@ -266,9 +267,6 @@ async fn run(
             }
         }
     };
-    if let Some(t) = up_task {
-        t.abort();
-    }
     let reason = match result {
         Ok(()) => "closed".to_string(),
         Err(e) => end_reason(&e),
