@@ -113,13 +113,21 @@ pub fn run(seconds: u64) {
 fn start_daemon(cg: &TestCgroup, bao: &BaoServer) -> Daemon {
     let default = fs::read_to_string(workspace_root().join("policies/default.toml"))
         .expect("read policies/default.toml");
-    let body = default[default.find("[audit]").expect("[audit]")..]
+    let mut body = default[default.find("[audit]").expect("[audit]")..]
         .replace(
             "targets = [\"*:8200\"]",
             &format!("targets = [\"{}\"]", bao.addr()),
         )
         .replace("targets = [\"*:5432\"]", "targets = [\"127.0.0.1:1\"]")
         .replace("targets = [\"*:6379\"]", "targets = [\"127.0.0.1:2\"]");
+    // INTERCEPTOR_BENCH_HTTP_PROTOCOL=tcp: the same store as a byte relay,
+    // to tell the cost of interception from the cost of HTTP handling.
+    if std::env::var("INTERCEPTOR_BENCH_HTTP_PROTOCOL").as_deref() == Ok("tcp") {
+        body = body.replace("protocol = \"http\"", "protocol = \"tcp\"");
+        let rules = body.find("[[rule]]").expect("rules");
+        body.truncate(rules);
+        eprintln!("    store `vault` as protocol `tcp` (byte relay, no rules or masks)");
+    }
     let mut d = Daemon::prepare("bench-http", cg, LISTEN_PORT, &[], &body);
     d.spawn();
     eprintln!("    interceptor {}", bin().display());
