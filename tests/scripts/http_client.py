@@ -5,6 +5,8 @@ Each scenario prints one JSON object on stdout.
   hvac URL TOKEN PATH [CACERT]     hvac reads the KV v2 secret at PATH
   hvac_unwrap URL WRAPTOKEN [CACERT]  hvac unwraps a response-wrapping token
   raw HOST PORT KIND               a malformed request of KIND; what came back
+  slowloris HOST PORT              a request head trickled one header line every
+                                   5 s; when and how the proxy ended it
   keepalive HOST PORT TOKEN PATH N SECONDS
                                    N requests on ONE connection over SECONDS
   gated HOST PORT TOKEN GATE       on one connection: GET a secret, wait for
@@ -85,6 +87,34 @@ def scenario_raw(host, port, kind):
         closed = True
         out += ("<%s>" % e).encode()
     print(json.dumps({"response": out.decode("latin-1"), "closed": closed}))
+
+
+def scenario_slowloris(host, port):
+    s = socket.create_connection((host, int(port)), timeout=90)
+    start = time.time()
+    s.sendall(b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\n")
+    s.settimeout(5)
+    out = b""
+    closed = False
+    i = 0
+    while time.time() - start < 80:
+        try:
+            chunk = s.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            out += chunk
+        except socket.timeout:
+            try:
+                s.sendall(b"X-Slow-%d: a\r\n" % i)
+                i += 1
+            except OSError:
+                closed = True
+                break
+        except OSError:
+            closed = True
+            break
+    print(json.dumps({"closed": closed, "after": time.time() - start, "response": out.decode("latin-1")}))
 
 
 def scenario_keepalive(host, port, token, path, n, seconds):

@@ -893,3 +893,39 @@ fn a_journal_that_cannot_be_written_stops_requests_with_503() {
     );
     std::fs::remove_file(&filler).expect("free space");
 }
+
+#[test]
+fn a_slowloris_request_head_is_cut_off_after_the_header_timeout() {
+    require_root();
+    let bao = BaoServer::start(false);
+    let (_cg, d) = daemon("http-slow", 975, &bao);
+    let c = client(&d, &bao);
+    let s = script();
+    let port = bao.port.to_string();
+    let out = ok(
+        d.exec(&[
+            PYTHON3,
+            s.to_str().expect("utf-8"),
+            "slowloris",
+            "127.0.0.1",
+            &port,
+        ])
+        .output()
+        .expect("python"),
+        "slowloris",
+        &d,
+    );
+    let v = json_of(&out);
+    assert_eq!(v["closed"], true, "{v}");
+    let after = v["after"].as_f64().unwrap_or(0.0);
+    assert!((29.0..45.0).contains(&after), "closed after {after}s: {v}");
+    let (code, body) = curl(&d, &c, &[&format!("{}/v1/sys/health", c.url)]);
+    assert_eq!(code, 200, "{body}");
+    let s = sessions(&d);
+    assert!(
+        s.iter().any(|s| s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no complete request header, within 30s"))),
+        "{s:?}"
+    );
+}
