@@ -38,7 +38,9 @@ const PATHS: &[&str] = &[
 fn key() -> &'static HostKey {
     static KEY: OnceLock<HostKey> = OnceLock::new();
     KEY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("interceptor-fuzz-http-{}", std::process::id()));
+        // One fixed directory: every run (and every fork of a -jobs run)
+        // reuses the same key instead of leaving a directory behind.
+        let dir = std::env::temp_dir().join("interceptor-fuzz-http-key");
         let _ = std::fs::create_dir_all(&dir);
         HostKey::load_or_create(&dir).expect("host key")
     })
