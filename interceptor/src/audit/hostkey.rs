@@ -116,8 +116,9 @@ impl HostKey {
 /// Replaces the secrets recognisable in a command line by their HMAC:
 /// passwords in URLs (`scheme://user:PASSWORD@host`), `password=VALUE`
 /// (libpq conninfo and the like) and `--password[=| ]VALUE`-style options
-/// (`--password`, `--pass`, `--token`, `--secret`, `--api-key`), and the
-/// `-a PASSWORD` of redis-cli and redis-benchmark.
+/// (`--password`, `--pass`, `--token`, `--secret`, `--api-key`), the
+/// `-a PASSWORD` of redis-cli and redis-benchmark, and credential headers
+/// (`-H 'X-Vault-Token: T'`, `Authorization: Bearer T`).
 pub fn redact_cmdline(cmdline: &str, key: &HostKey) -> String {
     let words: Vec<&str> = cmdline.split(' ').collect();
     let redis_tool = words.first().is_some_and(|w| {
@@ -126,7 +127,35 @@ pub fn redact_cmdline(cmdline: &str, key: &HostKey) -> String {
     });
     let mut out: Vec<String> = Vec::with_capacity(words.len());
     let mut next_is_secret = false;
+    // After a credential header name (`-H 'X-Vault-Token: T'`), the
+    // value, after an optional auth scheme (`Authorization: Bearer T`).
+    let mut header_value_next = false;
     for word in words {
+        if header_value_next {
+            let bare = word.trim_end_matches(['\'', '"']);
+            if matches!(
+                bare.to_ascii_lowercase().as_str(),
+                "bearer" | "basic" | "token" | "negotiate"
+            ) {
+                out.push(word.to_string());
+                continue;
+            }
+            let quote = &word[bare.len()..];
+            out.push(format!("{}{quote}", key.hash(bare.as_bytes())));
+            header_value_next = false;
+            continue;
+        }
+        if let Some((name, value)) = secret_header(word) {
+            if value.is_empty() {
+                out.push(word.to_string());
+                header_value_next = true;
+            } else {
+                let bare = value.trim_end_matches(['\'', '"']);
+                let quote = &value[bare.len()..];
+                out.push(format!("{name}{}{quote}", key.hash(bare.as_bytes())));
+            }
+            continue;
+        }
         if next_is_secret {
             out.push(key.hash(word.as_bytes()));
             next_is_secret = false;
@@ -153,6 +182,30 @@ pub fn redact_cmdline(cmdline: &str, key: &HostKey) -> String {
         out.push(redact_word(word, key));
     }
     out.join(" ")
+}
+
+/// `X-Vault-Token:`-style credential headers as curl, wget and httpie take
+/// them (`-H 'Name: value'`, `--header=Name:value`, `Name:value`): the word
+/// up to and including the colon, and the rest of the word.
+fn secret_header(word: &str) -> Option<(&str, &str)> {
+    let colon = word.find(':')?;
+    let name = word[..colon]
+        .trim_start_matches("--header=")
+        .trim_start_matches(['\'', '"', '$'])
+        .to_ascii_lowercase();
+    const HEADERS: &[&str] = &[
+        "x-vault-token",
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "private-token",
+        "x-auth-token",
+        "x-consul-token",
+        "x-nomad-token",
+    ];
+    HEADERS
+        .contains(&name.as_str())
+        .then(|| word.split_at(colon + 1))
 }
 
 /// `Some(true)` for a secret-taking option given without `=`; `Some(false)`
@@ -273,6 +326,27 @@ mod tests {
         assert_eq!(
             redact_cmdline("redis-cli -p 6379 get key", &k),
             "redis-cli -p 6379 get key"
+        );
+        for line in [
+            "curl -sS -H 'X-Vault-Token: TOKSECRET' http://127.0.0.1:8200/v1/secret/data/app",
+            "curl -H 'Authorization: Bearer TOKSECRET' https://x/v1",
+            "curl -H X-Vault-Token:TOKSECRET https://x/v1",
+            "wget --header=X-Vault-Token:TOKSECRET https://x/v1",
+            "curl -H \"authorization: Basic TOKSECRET\" https://x",
+        ] {
+            let r = redact_cmdline(line, &k);
+            assert!(!r.contains("TOKSECRET"), "{line} -> {r}");
+            assert!(r.contains(&k.hash(b"TOKSECRET")), "{line} -> {r}");
+        }
+        let r = redact_cmdline(
+            "curl -H 'X-Vault-Token: TOKSECRET' http://127.0.0.1:8200/v1/x",
+            &k,
+        );
+        assert!(r.ends_with(" http://127.0.0.1:8200/v1/x"), "{r}");
+        // URLs with a port are not headers.
+        assert_eq!(
+            redact_cmdline("curl https://host:8200/v1/x", &k),
+            "curl https://host:8200/v1/x"
         );
         // `-a` is a password only for the Redis tools.
         assert_eq!(
