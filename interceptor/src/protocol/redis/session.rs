@@ -386,6 +386,9 @@ struct ClientSide {
     in_multi: bool,
     /// A command inside MULTI was denied: EXEC becomes DISCARD.
     multi_failed: bool,
+    /// Events of commands answered locally (denials), finished, to be
+    /// journaled with the batch.
+    done: Vec<CommandEvent>,
 }
 
 async fn client_loop<R, W>(
@@ -404,6 +407,7 @@ where
     let mut state = ClientSide::default();
     let mut batch: Vec<Pending> = Vec::new();
     loop {
+        let before = (state.in_multi, state.multi_failed);
         let error = loop {
             match decoder.decode_command_raw(&mut buf) {
                 Ok(Some((cmd, raw))) => state.on_command(ctx, cmd, raw, &mut out, &mut batch),
@@ -411,6 +415,8 @@ where
                 Err(e) => break Some(e),
             }
         };
+        // Write-before-forward, once for everything this read decoded.
+        state.journal(ctx, &mut batch, &mut out, before);
         if let Some(e) = error {
             batch.push(Pending::Local(e.to_error_reply()));
             batch.push(Pending::Close);
@@ -462,6 +468,50 @@ async fn flush<W: AsyncWrite + Unpin>(
 }
 
 impl ClientSide {
+    /// Journals the events of one read's commands in one write: the
+    /// decided events of the commands about to be forwarded and the
+    /// finished events of the denied ones. When the journal refuses them
+    /// (`on_failure = "block"`), nothing of the batch is forwarded: every
+    /// command that was to be is answered with the refusal instead, and the
+    /// transaction state goes back to what it was before the batch
+    /// (`before`), which is what the server still has.
+    fn journal(
+        &mut self,
+        ctx: &Ctx<'_>,
+        batch: &mut [Pending],
+        out: &mut BytesMut,
+        before: (bool, bool),
+    ) {
+        let mut refs: Vec<&CommandEvent> = self.done.iter().collect();
+        refs.extend(batch.iter().filter_map(|p| match p {
+            Pending::Reply(e) => e.event.as_ref(),
+            _ => None,
+        }));
+        if refs.is_empty() {
+            return;
+        }
+        let recorded = ctx.recorder.events(&refs).is_ok();
+        self.done.clear();
+        if recorded {
+            return;
+        }
+        out.clear();
+        (self.in_multi, self.multi_failed) = before;
+        let mut session = ctx.shared.session();
+        let reply = error_reply(&format!("interceptor: {REFUSED}"));
+        for p in batch.iter_mut() {
+            if let Pending::Reply(e) = p {
+                if let Some(ev) = e.event.as_mut() {
+                    ev.decision = Decision::Deny;
+                    ev.rule = Some("audit".into());
+                    ev.finish(Some("audit journal unavailable".into()));
+                }
+                session.denied += 1;
+                *p = Pending::Local(reply.clone());
+            }
+        }
+    }
+
     fn on_command(
         &mut self,
         ctx: &Ctx<'_>,
@@ -514,15 +564,8 @@ impl ClientSide {
             Some(d) => Some(d.rule.clone()),
             None => allowed_by,
         };
-        // Write-before-forward.
-        let denial = match ctx.recorder.event(&event) {
-            Ok(()) => denial,
-            Err(_) => Some(Denial {
-                rule: "audit".into(),
-                message: REFUSED.into(),
-                reason: "audit journal unavailable".into(),
-            }),
-        };
+        // Forwarded commands are journaled with their batch, before it is
+        // forwarded (`journal`).
         if let Some(d) = denial {
             if self.in_multi && !cmd.is("EXEC") && !cmd.is("DISCARD") {
                 // As Redis does with a command it refuses to queue.
@@ -530,14 +573,14 @@ impl ClientSide {
             }
             if cmd.is("EXEC") || cmd.is("DISCARD") {
                 // The transaction is over either way: drop it upstream.
-                self.forward_discard(ctx, event, &d, out, batch);
+                self.forward_discard(event, &d, out, batch);
                 return;
             }
             let reply = error_reply(&format!("interceptor: {} (rule \"{}\")", d.message, d.rule));
             event.decision = Decision::Deny;
             event.bytes_down = reply.len() as u64;
             event.finish(Some(d.reason));
-            let _ = ctx.recorder.event(&event);
+            self.done.push(event);
             batch.push(Pending::Local(reply));
             return;
         }
@@ -593,7 +636,6 @@ impl ClientSide {
     /// the client gets the denial.
     fn forward_discard(
         &mut self,
-        ctx: &Ctx<'_>,
         mut event: CommandEvent,
         d: &Denial,
         out: &mut BytesMut,
@@ -606,7 +648,7 @@ impl ClientSide {
         event.decision = Decision::Deny;
         if !was_multi {
             event.finish(Some(d.reason.clone()));
-            let _ = ctx.recorder.event(&event);
+            self.done.push(event);
             batch.push(Pending::Local(reply));
             return;
         }
@@ -815,6 +857,9 @@ struct ServerSide {
     txn: Vec<Plan>,
     /// Confirmations still expected by the subscribe at the front.
     confirmations: Option<usize>,
+    /// Finished events not journaled yet: journaled together before the
+    /// replies they describe are written to the client.
+    done: Vec<CommandEvent>,
 }
 
 enum Flow {
@@ -843,6 +888,7 @@ where
         shards: HashSet::new(),
         txn: Vec::new(),
         confirmations: None,
+        done: Vec::new(),
     };
     let mut rx_open = true;
     loop {
@@ -859,7 +905,7 @@ where
                     continue;
                 }
                 Some(Pending::Close) => {
-                    write_out(client, &mut out, ctx).await?;
+                    write_out(client, &mut out, ctx, &mut side.done).await?;
                     return Ok("client protocol error".into());
                 }
                 _ => {}
@@ -878,7 +924,7 @@ where
                 Ok(Some(v)) => v,
                 Ok(None) => break,
                 Err(e) => {
-                    write_out(client, &mut out, ctx).await?;
+                    write_out(client, &mut out, ctx, &mut side.done).await?;
                     let _ = client
                         .write_all(&error_reply(&format!(
                             "interceptor: the server sent malformed RESP: {e}"
@@ -888,14 +934,14 @@ where
                 }
             };
             if let Flow::Close = side.on_reply(ctx, value, raw, &mut out) {
-                write_out(client, &mut out, ctx).await?;
+                write_out(client, &mut out, ctx, &mut side.done).await?;
                 return Ok("server ended the session".into());
             }
             if out.len() >= READ_CHUNK {
-                write_out(client, &mut out, ctx).await?;
+                write_out(client, &mut out, ctx, &mut side.done).await?;
             }
         }
-        write_out(client, &mut out, ctx).await?;
+        write_out(client, &mut out, ctx, &mut side.done).await?;
         if !rx_open && side.queue.is_empty() {
             return Ok("client closed the connection".into());
         }
@@ -926,7 +972,9 @@ async fn write_out<W: AsyncWrite + Unpin>(
     client: &mut W,
     out: &mut BytesMut,
     ctx: &Ctx<'_>,
+    done: &mut Vec<CommandEvent>,
 ) -> Result<(), String> {
+    record_done(ctx, done);
     if out.is_empty() {
         return Ok(());
     }
@@ -943,6 +991,17 @@ async fn write_out<W: AsyncWrite + Unpin>(
         .fetch_add(out.len() as u64, Ordering::Relaxed);
     out.clear();
     Ok(())
+}
+
+/// Journals finished events in one write. Their commands were journaled
+/// before they were forwarded; a lost outcome is logged by the recorder.
+fn record_done(ctx: &Ctx<'_>, done: &mut Vec<CommandEvent>) {
+    if done.is_empty() {
+        return;
+    }
+    let refs: Vec<&CommandEvent> = done.iter().collect();
+    let _ = ctx.recorder.events(&refs);
+    done.clear();
 }
 
 /// The first element of an array or push frame, if it is a string.
@@ -1176,14 +1235,14 @@ impl ServerSide {
     }
 
     fn finish(
-        &self,
+        &mut self,
         ctx: &Ctx<'_>,
         expect: &mut Expect,
         error: Option<String>,
         masked: u64,
         rows: Option<u64>,
     ) {
-        let Some(event) = expect.event.as_mut() else {
+        let Some(mut event) = expect.event.take() else {
             return;
         };
         event.masked_values += masked;
@@ -1195,11 +1254,12 @@ impl ServerSide {
         }
         event.rows = rows;
         event.finish(error);
-        let _ = ctx.recorder.event(event);
+        self.done.push(event);
     }
 
     /// Commands still waiting for a reply when the server went away.
     fn finish_pending(&mut self, ctx: &Ctx<'_>, why: &str) {
+        record_done(ctx, &mut self.done);
         for p in self.queue.drain(..) {
             if let Pending::Reply(mut e) = p {
                 if let Some(ev) = e.event.as_mut() {
