@@ -61,10 +61,14 @@ pub fn run(seconds: u64) {
     }
     let mut out = format!(
         "wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s, OpenBao {} dev server on {} (plain HTTP), \
-         token root; interceptor: store `vault` with the rules and masks of policies/default.toml, \
-         audit on; two interleaved rounds per row, averaged\n\n",
+         token root; interceptor: store `vault` {}, audit on; two interleaved rounds per row, averaged\n\n",
         bao_version(),
-        bao.addr()
+        bao.addr(),
+        if std::env::var("INTERCEPTOR_BENCH_HTTP_PROTOCOL").as_deref() == Ok("tcp") {
+            "as protocol `tcp` (byte relay, no rules or masks)"
+        } else {
+            "with the rules and masks of policies/default.toml"
+        }
     );
     out.push_str(&format!(
         "{:<11} {:>10} {:>10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
