@@ -14,6 +14,76 @@ mod strategy;
 pub use detectors::Detectors;
 pub use strategy::{apply, Masked, REDACTED};
 
+use crate::audit::hostkey::HostKey;
+use crate::config::{MaskConfig, MaskStrategy};
+
+/// The `[[mask]]` sections that apply to `store` (those without `stores`
+/// apply to every store), in file order.
+pub fn sections_for<'a>(
+    store: &'a str,
+    masks: &'a [MaskConfig],
+) -> impl Iterator<Item = &'a MaskConfig> + 'a {
+    masks.iter().filter(move |m| {
+        m.stores
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|s| s == store))
+    })
+}
+
+/// The value detectors of one store: those of every `[[mask]]` section
+/// that applies to it, each with its section's strategy, compiled once.
+#[derive(Debug, Clone, Default)]
+pub struct StoreDetectors {
+    list: Vec<(Detectors, MaskStrategy)>,
+}
+
+impl StoreDetectors {
+    pub fn new(store: &str, masks: &[MaskConfig]) -> anyhow::Result<StoreDetectors> {
+        let mut list = Vec::new();
+        for m in sections_for(store, masks) {
+            if let Some(names) = &m.detectors {
+                let d = Detectors::new(names)?;
+                if !d.is_empty() {
+                    list.push((d, m.strategy));
+                }
+            }
+        }
+        Ok(StoreDetectors { list })
+    }
+
+    /// One set of detectors with one strategy (tests, fuzzing).
+    pub fn single(detectors: Detectors, strategy: MaskStrategy) -> StoreDetectors {
+        StoreDetectors {
+            list: vec![(detectors, strategy)],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Runs every section's detectors over `text` in turn, each over what
+    /// the previous ones left: the masked value and the number of
+    /// credentials replaced, or `None` when nothing was found (the caller
+    /// then forwards the original bytes). No copy is made until something
+    /// matches: every text value of every reply goes through here.
+    pub fn scan(&self, text: &str, key: &HostKey) -> Option<(Masked, u64)> {
+        let mut current: Option<(Masked, u64)> = None;
+        for (d, strategy) in &self.list {
+            let input = match &current {
+                Some((Masked::Value(b), _)) => std::str::from_utf8(b).ok()?,
+                Some((Masked::Null, _)) => return current,
+                None => text,
+            };
+            if let Some((m, n)) = d.mask(input, *strategy, key) {
+                let total = current.as_ref().map_or(0, |c| c.1) + n as u64;
+                current = Some((m, total));
+            }
+        }
+        current
+    }
+}
+
 /// Column-name patterns of `[[mask]]` `columns` (globs where `*` matches any
 /// run; optionally `table.column`, `schema.table.column`), compiled.
 /// Matching is case-insensitive on unquoted identifiers.

@@ -28,7 +28,7 @@ pub fn to_bytes(v: &Value) -> Vec<u8> {
 use crate::{
     audit::hostkey::HostKey,
     config::{MaskConfig, MaskStrategy},
-    mask::{apply, Detectors, Masked, REDACTED},
+    mask::{apply, sections_for, Detectors, Masked, StoreDetectors, REDACTED},
     policy::sql::glob_match,
 };
 
@@ -37,33 +37,24 @@ use crate::{
 pub struct BodyMasks {
     /// One entry per `json` path, in file order.
     paths: Vec<(Vec<String>, MaskStrategy)>,
-    detectors: Vec<(Detectors, MaskStrategy)>,
+    detectors: StoreDetectors,
 }
 
 impl BodyMasks {
     /// The `[[mask]]` sections that apply to `store` (`stores` omitted: all).
     pub fn new(store: &str, masks: &[MaskConfig]) -> anyhow::Result<BodyMasks> {
-        let mut out = BodyMasks::default();
-        for m in masks {
-            if !m
-                .stores
-                .as_ref()
-                .is_none_or(|s| s.iter().any(|s| s == store))
-            {
-                continue;
-            }
-            for p in m.json.iter().flatten() {
-                out.paths
-                    .push((p.split('.').map(str::to_string).collect(), m.strategy));
-            }
-            if let Some(names) = &m.detectors {
-                let d = Detectors::new(names)?;
-                if !d.is_empty() {
-                    out.detectors.push((d, m.strategy));
-                }
-            }
-        }
-        Ok(out)
+        let paths = sections_for(store, masks)
+            .flat_map(|m| {
+                m.json
+                    .iter()
+                    .flatten()
+                    .map(|p| (p.split('.').map(str::to_string).collect(), m.strategy))
+            })
+            .collect();
+        Ok(BodyMasks {
+            paths,
+            detectors: StoreDetectors::new(store, masks)?,
+        })
     }
 
     /// Compiles bare JSON paths with one strategy (tests, fuzzing).
@@ -77,7 +68,9 @@ impl BodyMasks {
                 .iter()
                 .map(|p| (p.split('.').map(str::to_string).collect(), strategy))
                 .collect(),
-            detectors: detectors.into_iter().map(|d| (d, strategy)).collect(),
+            detectors: detectors
+                .map(|d| StoreDetectors::single(d, strategy))
+                .unwrap_or_default(),
         }
     }
 
@@ -147,37 +140,20 @@ impl BodyMasks {
 
     /// Detector hits in one string: the masked value and the hit count.
     fn detect(&self, s: &str, key: &HostKey) -> Option<(Value, u64)> {
-        let mut current: Option<String> = None;
-        let mut hits = 0u64;
-        for (d, strategy) in &self.detectors {
-            let text = current.as_deref().unwrap_or(s);
-            match d.mask(text, *strategy, key) {
-                None => {}
-                Some((Masked::Null, n)) => return Some((Value::Null, hits + n as u64)),
-                Some((Masked::Value(v), n)) => {
-                    hits += n as u64;
-                    current = Some(String::from_utf8_lossy(&v).into_owned());
-                }
-            }
-        }
-        current.map(|c| (Value::String(c), hits))
+        let (m, n) = self.detectors.scan(s, key)?;
+        Some(match m {
+            Masked::Null => (Value::Null, n),
+            Masked::Value(v) => (Value::String(String::from_utf8_lossy(&v).into_owned()), n),
+        })
     }
 
     /// Detector hits over a whole text body: the new body and the count.
     pub fn mask_text(&self, text: &str, key: &HostKey) -> Option<(String, u64)> {
-        let mut current: Option<String> = None;
-        let mut hits = 0u64;
-        for (d, strategy) in &self.detectors {
-            let t = current.as_deref().unwrap_or(text);
-            if let Some((m, n)) = d.mask(t, *strategy, key) {
-                hits += n as u64;
-                current = Some(match m {
-                    Masked::Null => REDACTED.to_string(),
-                    Masked::Value(v) => String::from_utf8_lossy(&v).into_owned(),
-                });
-            }
-        }
-        current.map(|c| (c, hits))
+        let (m, n) = self.detectors.scan(text, key)?;
+        Some(match m {
+            Masked::Null => (REDACTED.to_string(), n),
+            Masked::Value(v) => (String::from_utf8_lossy(&v).into_owned(), n),
+        })
     }
 }
 

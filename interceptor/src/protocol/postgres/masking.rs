@@ -18,7 +18,7 @@ use super::codec::{Format, Frame, Message, PgStr};
 use super::frontend::format_of;
 use crate::audit::hostkey::HostKey;
 use crate::config::{MaskConfig, MaskStrategy};
-use crate::mask::{self, ColumnPatterns, Detectors, Masked};
+use crate::mask::{self, sections_for, ColumnPatterns, Masked, StoreDetectors};
 use crate::policy::mask_sql::{ColumnMatcher, MaskCatalog};
 
 /// `text`: what a masked column is declared as, so clients accept the mask
@@ -39,7 +39,7 @@ pub struct StoreMasks {
     /// `[[mask]] columns`, one entry per mask section that has some.
     columns: Vec<ColumnMask>,
     /// `[[mask]] detectors`.
-    detectors: Vec<(Detectors, MaskStrategy)>,
+    detectors: StoreDetectors,
     pub key: HostKey,
 }
 
@@ -111,33 +111,19 @@ impl ColumnMatcher for ColumnPatterns {
 impl StoreMasks {
     /// The `[[mask]]` sections that apply to `store`.
     pub fn new(store: &str, masks: &[MaskConfig], key: HostKey) -> anyhow::Result<StoreMasks> {
-        let mut out = StoreMasks {
-            columns: Vec::new(),
-            detectors: Vec::new(),
-            key,
-        };
-        for m in masks {
-            if !m
-                .stores
-                .as_ref()
-                .is_none_or(|s| s.iter().any(|s| s == store))
-            {
-                continue;
-            }
-            if let Some(columns) = &m.columns {
-                out.columns.push(ColumnMask {
+        let columns = sections_for(store, masks)
+            .filter_map(|m| {
+                m.columns.as_ref().map(|columns| ColumnMask {
                     patterns: ColumnPatterns::new(columns),
                     strategy: m.strategy,
-                });
-            }
-            if let Some(names) = &m.detectors {
-                let d = Detectors::new(names)?;
-                if !d.is_empty() {
-                    out.detectors.push((d, m.strategy));
-                }
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect();
+        Ok(StoreMasks {
+            columns,
+            detectors: StoreDetectors::new(store, masks)?,
+            key,
+        })
     }
 
     /// Whether any column pattern applies (then the session reads the
@@ -264,21 +250,8 @@ impl StoreMasks {
     /// Runs the value detectors over text; `None` when nothing was found.
     pub fn scan(&self, value: &[u8]) -> Option<(Masked, usize)> {
         let text = std::str::from_utf8(value).ok()?;
-        let mut current: Option<(Masked, usize)> = None;
-        for (d, strategy) in &self.detectors {
-            // The value as earlier detectors left it; no copy while none
-            // matched (the common case: every text value is scanned).
-            let input = match &current {
-                Some((Masked::Value(b), _)) => std::str::from_utf8(b).ok()?,
-                Some((Masked::Null, _)) => return current,
-                None => text,
-            };
-            if let Some((m, n)) = d.mask(input, *strategy, &self.key) {
-                let total = current.as_ref().map_or(0, |c| c.1) + n;
-                current = Some((m, total));
-            }
-        }
-        current
+        let (m, n) = self.detectors.scan(text, &self.key)?;
+        Some((m, n as usize))
     }
 
     /// Masks credentials in one COPY text chunk (COPY of masked columns is

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::codec::{Command, Keys, Value};
 use crate::audit::hostkey::HostKey;
 use crate::config::{MaskConfig, MaskStrategy};
-use crate::mask::{self, Detectors, Masked};
+use crate::mask::{self, sections_for, Masked, StoreDetectors};
 use crate::policy::sql::glob_match;
 
 /// Where the values of masked keys are in a reply.
@@ -116,7 +116,7 @@ pub struct KeyMasks {
     /// `[[mask]] keys`: (mask name, globs, strategy), in file order.
     keys: Vec<(String, Vec<String>, MaskStrategy)>,
     /// `[[mask]] detectors`.
-    detectors: Vec<(Detectors, MaskStrategy)>,
+    detectors: StoreDetectors,
     pub key: HostKey,
 }
 
@@ -131,30 +131,19 @@ pub struct MaskDenial {
 impl KeyMasks {
     /// The `[[mask]]` sections that apply to `store`.
     pub fn new(store: &str, masks: &[MaskConfig], key: HostKey) -> anyhow::Result<KeyMasks> {
-        let mut out = KeyMasks {
-            keys: Vec::new(),
-            detectors: Vec::new(),
+        let keys = sections_for(store, masks)
+            .filter_map(|m| {
+                m.keys
+                    .as_ref()
+                    .filter(|k| !k.is_empty())
+                    .map(|k| (m.name.clone(), k.clone(), m.strategy))
+            })
+            .collect();
+        Ok(KeyMasks {
+            keys,
+            detectors: StoreDetectors::new(store, masks)?,
             key,
-        };
-        for m in masks {
-            if !m
-                .stores
-                .as_ref()
-                .is_none_or(|s| s.iter().any(|s| s == store))
-            {
-                continue;
-            }
-            if let Some(keys) = m.keys.as_ref().filter(|k| !k.is_empty()) {
-                out.keys.push((m.name.clone(), keys.clone(), m.strategy));
-            }
-            if let Some(names) = &m.detectors {
-                let d = Detectors::new(names)?;
-                if !d.is_empty() {
-                    out.detectors.push((d, m.strategy));
-                }
-            }
-        }
-        Ok(out)
+        })
     }
 
     pub fn has_keys(&self) -> bool {
@@ -473,20 +462,8 @@ impl KeyMasks {
 
     /// Runs the value detectors over text; `None` when nothing was found.
     fn scan(&self, value: &[u8]) -> Option<(Masked, u64)> {
-        let text = std::str::from_utf8(value).ok()?;
-        let mut current: Option<(Masked, u64)> = None;
-        for (d, strategy) in &self.detectors {
-            let input = match &current {
-                Some((Masked::Value(b), _)) => std::str::from_utf8(b).ok()?,
-                Some((Masked::Null, _)) => return current,
-                None => text,
-            };
-            if let Some((m, n)) = d.mask(input, *strategy, &self.key) {
-                let total = current.as_ref().map_or(0, |c| c.1) + n as u64;
-                current = Some((m, total));
-            }
-        }
-        current
+        self.detectors
+            .scan(std::str::from_utf8(value).ok()?, &self.key)
     }
 }
 
