@@ -91,6 +91,30 @@ pub async fn serve(
     record_session(recorder, &session);
 }
 
+/// How every parsing handler starts: the session is journaled before a
+/// byte reaches the server (write-before-forward), or the client is reset
+/// and `None` returned; then the upstream connection, opened now if the
+/// journal was failing when the connection was accepted.
+pub(crate) async fn open_session(
+    client: TcpStream,
+    upstream: Upstream,
+    session: SessionRecord,
+    recorder: &dyn Recorder,
+) -> Option<(TcpStream, Result<TcpStream, String>, SessionRecord)> {
+    if !record_session(recorder, &session) {
+        refuse(client, session, recorder);
+        return None;
+    }
+    let upstream = match upstream {
+        Upstream::Connected(r) => r,
+        Upstream::AfterJournal(connector, addr) => connector
+            .connect(addr)
+            .await
+            .map_err(|e| format!("upstream connect to {addr} failed: {e}")),
+    };
+    Some((client, upstream, session))
+}
+
 /// Ends a session the audit journal could not take: reset the client, and
 /// try to record why (it succeeds once the journal is writable again).
 pub(crate) fn refuse(client: TcpStream, mut session: SessionRecord, recorder: &dyn Recorder) {

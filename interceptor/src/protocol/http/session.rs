@@ -123,17 +123,10 @@ pub async fn serve(
     policy: SessionPolicy,
     recorder: Arc<dyn Recorder>,
 ) {
-    // Write-before-forward: the session is journaled before a byte reaches
-    // the server.
-    if !record_session(&*recorder, &session) {
-        return crate::protocol::tcp::refuse(client, session, &*recorder);
-    }
-    let upstream = match upstream {
-        Upstream::Connected(r) => r,
-        Upstream::AfterJournal(connector, addr) => connector
-            .connect(addr)
-            .await
-            .map_err(|e| format!("upstream connect to {addr} failed: {e}")),
+    let Some((client, upstream, session)) =
+        crate::protocol::tcp::open_session(client, upstream, session, &*recorder).await
+    else {
+        return;
     };
     let (mut session, reason) = run(client, upstream, session, store, policy, &recorder).await;
     session.close(reason);

@@ -166,22 +166,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub async fn serve(
     client: TcpStream,
     upstream: Upstream,
-    mut session: SessionRecord,
+    session: SessionRecord,
     store: Arc<PgStore>,
     policy: SessionPolicy,
     recorder: Arc<dyn Recorder>,
 ) {
-    // Write-before-forward: the session is journaled before a byte reaches
-    // the server.
-    if !record_session(&*recorder, &session) {
-        return crate::protocol::tcp::refuse(client, session, &*recorder);
-    }
-    let upstream = match upstream {
-        Upstream::Connected(r) => r,
-        Upstream::AfterJournal(connector, addr) => connector
-            .connect(addr)
-            .await
-            .map_err(|e| format!("upstream connect to {addr} failed: {e}")),
+    let Some((client, upstream, mut session)) =
+        crate::protocol::tcp::open_session(client, upstream, session, &*recorder).await
+    else {
+        return;
     };
     let original_dst: SocketAddr = session
         .original_dst
