@@ -322,6 +322,9 @@ fn denied_sys_paths_get_403_json_and_normalization_bypasses_fail() {
         "/v1/sys%2Fmounts",
         "/v1/secret/%2e%2e/sys/mounts",
         "/v1/sys/policies/acl/../../sys/mounts",
+        // A namespace given as a path prefix.
+        "/v1/ns1/sys/mounts",
+        "/v1/ns1/ns2/%73ys/mounts",
     ] {
         let (code, body) = curl(
             &d,
