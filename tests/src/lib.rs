@@ -43,11 +43,16 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where the interceptor binary under test is, whether or not it exists.
+fn bin_path() -> PathBuf {
+    std::env::var_os("INTERCEPTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/interceptor"))
+}
+
 /// The interceptor binary under test (`INTERCEPTOR_BIN`, set by `cargo xtask test`).
 pub fn bin() -> PathBuf {
-    let path = std::env::var_os("INTERCEPTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/interceptor"));
+    let path = bin_path();
     assert!(
         path.exists(),
         "{} does not exist: build it with `cargo build -p interceptor` or run `cargo xtask test`",
@@ -469,7 +474,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        let _ = Command::new(bin())
+        // Not `bin()`: a drop while unwinding from its panic must not panic
+        // again (that aborts, and the servers the test started would leak).
+        let _ = Command::new(bin_path())
             .args(["detach", "--config"])
             .arg(&self.config)
             .output();
