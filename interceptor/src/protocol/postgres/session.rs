@@ -64,7 +64,7 @@ use crate::{
         sql::{analyze_full, analyze_tokens, tokenize_sql, Analysis},
     },
     protocol::tcp::Upstream,
-    protocol::BoxIo,
+    protocol::{write_buf, BoxIo},
     proxy::record_session,
     tls::ServerConfigs,
     tls::{LocalCa, UpstreamTlsConfig},
@@ -974,15 +974,8 @@ async fn flush<W: AsyncWrite + Unpin>(
     out: &mut BytesMut,
     ctx: &Ctx,
 ) -> Result<(), String> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    server
-        .write_all(out)
-        .await
-        .map_err(|e| format!("upstream write failed: {e}"))?;
-    ctx.lock().bytes_up += out.len() as u64;
-    out.clear();
+    let n = write_buf(server, out, "upstream").await?;
+    ctx.lock().bytes_up += n;
     Ok(())
 }
 
@@ -1620,15 +1613,8 @@ async fn write_out<W: AsyncWrite + Unpin>(
     out: &mut BytesMut,
     ctx: &Ctx,
 ) -> Result<(), String> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    client
-        .write_all(out)
-        .await
-        .map_err(|e| format!("client write failed: {e}"))?;
-    ctx.lock().bytes_down += out.len() as u64;
-    out.clear();
+    let n = write_buf(client, out, "client").await?;
+    ctx.lock().bytes_down += n;
     Ok(())
 }
 

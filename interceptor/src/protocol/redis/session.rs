@@ -41,7 +41,7 @@ use crate::{
     audit::{hostkey::HostKey, CommandEvent, Decision, Recorder, SessionRecord},
     config::{MaskConfig, StatementMode, StoreConfig, UpstreamTls},
     policy::rules::{SessionPolicy, Verdict},
-    protocol::{tcp::Upstream, BoxIo},
+    protocol::{tcp::Upstream, write_buf, BoxIo},
     proxy::record_session,
     tls::{LocalCa, ServerConfigs, UpstreamTlsConfig},
 };
@@ -442,21 +442,8 @@ async fn flush<W: AsyncWrite + Unpin>(
     out: &mut BytesMut,
     ctx: &Ctx<'_>,
 ) -> Result<(), String> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    server
-        .write_all(out)
-        .await
-        .map_err(|e| format!("upstream write failed: {e}"))?;
-    server
-        .flush()
-        .await
-        .map_err(|e| format!("upstream write failed: {e}"))?;
-    ctx.shared
-        .bytes_up
-        .fetch_add(out.len() as u64, Ordering::Relaxed);
-    out.clear();
+    let n = write_buf(server, out, "upstream").await?;
+    ctx.shared.bytes_up.fetch_add(n, Ordering::Relaxed);
     Ok(())
 }
 
@@ -968,21 +955,8 @@ async fn write_out<W: AsyncWrite + Unpin>(
     done: &mut Vec<CommandEvent>,
 ) -> Result<(), String> {
     record_done(ctx, done);
-    if out.is_empty() {
-        return Ok(());
-    }
-    client
-        .write_all(out)
-        .await
-        .map_err(|e| format!("client write failed: {e}"))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| format!("client write failed: {e}"))?;
-    ctx.shared
-        .bytes_down
-        .fetch_add(out.len() as u64, Ordering::Relaxed);
-    out.clear();
+    let n = write_buf(client, out, "client").await?;
+    ctx.shared.bytes_down.fetch_add(n, Ordering::Relaxed);
     Ok(())
 }
 
