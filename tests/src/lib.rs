@@ -65,6 +65,44 @@ pub fn client_script() -> PathBuf {
     workspace_root().join("tests/scripts/client.py")
 }
 
+/// A finished command's status and output, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The stdout of a command that must have succeeded; otherwise fails with
+/// its output and the daemon's log.
+pub fn expect_success(out: Output, what: &str, d: &Daemon) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\ndaemon log:\n{}",
+        output_text(&out),
+        d.log_text()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file under `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// The cgroup v2 mount, found the way the daemon finds it.
 fn cgroup2_mount() -> PathBuf {
     interceptor::redirect::cgroup::cgroup2_mount().expect("a cgroup v2 mount")
@@ -318,6 +356,12 @@ impl Daemon {
     }
 
     /// Rows of `interceptor audit sessions|events --format json`.
+    /// `sessions` or `events` of one store, after flushing the journal.
+    pub fn flushed_rows(&self, what: &str, store: &str) -> Vec<Value> {
+        self.flush();
+        self.audit_rows(what, &["--store", store])
+    }
+
     pub fn audit_rows(&self, what: &str, extra: &[&str]) -> Vec<Value> {
         let mut args = vec!["audit", what, "--format", "json"];
         args.extend_from_slice(extra);

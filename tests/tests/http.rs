@@ -7,12 +7,13 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
 };
 
 use interceptor_tests::{
-    bao::{bao_bin, files_under, BaoServer, ROOT_TOKEN},
-    require_root, workspace_root, Daemon, TestCgroup,
+    bao::{bao_bin, BaoServer, ROOT_TOKEN},
+    expect_success as ok, files_under, output_text as text, require_root, workspace_root, Daemon,
+    TestCgroup,
 };
 use serde_json::{json, Value};
 
@@ -58,25 +59,6 @@ fn daemon(name: &str, port: u16, bao: &BaoServer) -> (TestCgroup, Daemon) {
     let mut d = Daemon::prepare(name, &cgroup, port, &[], &body);
     d.spawn();
     (cgroup, d)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(out: Output, what: &str, d: &Daemon) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\ndaemon log:\n{}",
-        text(&out),
-        d.log_text()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn json_of(s: &str) -> Value {
@@ -152,13 +134,11 @@ fn hvac(d: &Daemon, c: &Client, args: &[&str]) -> Value {
 }
 
 fn events(d: &Daemon) -> Vec<Value> {
-    d.flush();
-    d.audit_rows("events", &["--store", "vault"])
+    d.flushed_rows("events", "vault")
 }
 
 fn sessions(d: &Daemon) -> Vec<Value> {
-    d.flush();
-    d.audit_rows("sessions", &["--store", "vault"])
+    d.flushed_rows("sessions", "vault")
 }
 
 fn assert_kv2_masked(v: &Value, what: &str) {

@@ -5,12 +5,13 @@
 //! Listener ports 931-945 belong to this file.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output, Stdio},
     time::Duration,
 };
 
 use interceptor_tests::{
+    expect_success as ok, files_under as walk, output_text as text,
     pg::{Auth, PgOptions, PgServer, DATABASE},
     require_root, workspace_root, Daemon, TestCgroup,
 };
@@ -58,25 +59,6 @@ fn in_cgroup(d: &Daemon, pg: &PgServer, user: &str, args: &[&str]) -> Command {
     cmd
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(out: Output, what: &str, d: &Daemon) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\ndaemon log:\n{}",
-        text(&out),
-        d.log_text()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The local CA, exported with the CLI as an operator would.
 fn export_ca(d: &Daemon) -> PathBuf {
     let out = d.cli(&["ca", "export"]);
@@ -105,13 +87,11 @@ fn psycopg(d: &Daemon, pg: &PgServer, dsn: &str, args: &[&str]) -> Value {
 
 /// Sessions of this daemon as the audit trail has them (after a flush).
 fn sessions(d: &Daemon) -> Vec<Value> {
-    d.flush();
-    d.audit_rows("sessions", &["--store", "postgres"])
+    d.flushed_rows("sessions", "postgres")
 }
 
 fn events(d: &Daemon) -> Vec<Value> {
-    d.flush();
-    d.audit_rows("events", &["--store", "postgres"])
+    d.flushed_rows("events", "postgres")
 }
 
 /// psql and psycopg, every sslmode, against `pg` through the interceptor.
@@ -797,21 +777,6 @@ fn every_statement_is_one_audit_event_without_literals() {
             path.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -11,9 +11,9 @@ use std::{
 };
 
 use interceptor_tests::{
+    expect_success as ok, files_under as walk, output_text as text,
     redis::{
-        text, RedisOptions, RedisServer, AWS_KEY, CREDS_PASS, CREDS_USER, GREETING, SECRET_API,
-        SECRET_DB,
+        RedisOptions, RedisServer, AWS_KEY, CREDS_PASS, CREDS_USER, GREETING, SECRET_API, SECRET_DB,
     },
     require_root, workspace_root, Daemon, TestCgroup,
 };
@@ -72,16 +72,6 @@ fn daemon(
     let (cgroup, mut d) = prepare(name, port, server, store_extra, rules_first);
     d.spawn();
     (cgroup, d)
-}
-
-fn ok(out: Output, what: &str, d: &Daemon) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\ndaemon log:\n{}",
-        text(&out),
-        d.log_text()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The local CA, exported with the CLI as an operator would.
@@ -153,28 +143,11 @@ fn py(d: &Daemon, server: &RedisServer, via: &Via, scenario: &str, resp: &str) -
 }
 
 fn events(d: &Daemon) -> Vec<Value> {
-    d.flush();
-    d.audit_rows("events", &["--store", "redis"])
+    d.flushed_rows("events", "redis")
 }
 
 fn sessions(d: &Daemon) -> Vec<Value> {
-    d.flush();
-    d.audit_rows("sessions", &["--store", "redis"])
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+    d.flushed_rows("sessions", "redis")
 }
 
 /// No audit file (Parquet or journal) holds any of `secrets`.
