@@ -500,13 +500,21 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = child.id();
-        // Until exec, the child still has the parent's comm and environment.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim_end() != "sleep")
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < deadline, "child never exec'd sleep");
+        // Wait for the state Identity::resolve reads, not for a proxy of it:
+        // until exec the child has the parent's comm, cmdline and
+        // environment, and during exec the new comm is visible before the
+        // new argument and environment pages (cmdline reads empty then).
+        let exec_done = || {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            cmdline == b"sleep\x0030\x00"
+                && environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == b"GITHUB_RUN_ATTEMPT=1")
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !exec_done() {
+            assert!(Instant::now() < deadline, "child never exec'd `sleep 30`");
             std::thread::sleep(Duration::from_millis(5));
         }
         let (uid, gid) = uid_gid();

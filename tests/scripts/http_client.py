@@ -3,7 +3,13 @@
 Each scenario prints one JSON object on stdout.
 
   hvac URL TOKEN PATH [CACERT]     hvac reads the KV v2 secret at PATH
-  hvac_unwrap URL WRAPTOKEN [CACERT]  hvac unwraps a response-wrapping token
+  hvac_unwrap URL WRAPTOKEN AUTH [CACERT]
+                                   hvac unwraps a response-wrapping token, the
+                                   two ways Vault allows: AUTH "-" sends the
+                                   wrapping token as the client token
+                                   (X-Vault-Token, no body); otherwise AUTH is
+                                   the client token and the wrapping token
+                                   goes in the body ({"token": ...})
   raw HOST PORT KIND               a malformed request of KIND; what came back
   slowloris HOST PORT              a request head trickled one header line every
                                    5 s; when and how the proxy ended it
@@ -23,6 +29,10 @@ import time
 def hvac_client(url, token, cacert):
     import hvac
 
+    # hvac falls back to VAULT_TOKEN and ~/.vault-token when it is given no
+    # token: always give one, so that nothing on the machine takes part.
+    if not token:
+        raise SystemExit("hvac_client needs a token")
     verify = cacert if cacert else True
     return hvac.Client(url=url, token=token, verify=verify)
 
@@ -33,9 +43,11 @@ def scenario_hvac(url, token, path, cacert=None):
     print(json.dumps(r))
 
 
-def scenario_hvac_unwrap(url, wrap_token, cacert=None):
-    c = hvac_client(url, None, cacert)
-    r = c.sys.unwrap(token=wrap_token)
+def scenario_hvac_unwrap(url, wrap_token, auth, cacert=None):
+    if auth == "-":
+        r = hvac_client(url, wrap_token, cacert).sys.unwrap()
+    else:
+        r = hvac_client(url, auth, cacert).sys.unwrap(token=wrap_token)
     print(json.dumps(r))
 
 

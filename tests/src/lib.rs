@@ -476,6 +476,63 @@ impl Daemon {
             .collect()
     }
 
+    /// The daemon log says each thing once, and agrees with the audit
+    /// trail: one `session opened` and at most one `session closed` line per
+    /// session, and one `command denied` line per denied event (naming its
+    /// rule). Flushes the journal first; call it after the clients are done.
+    pub fn assert_log_lines_once(&self) {
+        self.flush();
+        let sessions = self.audit_rows("sessions", &[]);
+        let events: Vec<Value> = self
+            .audit_rows("events", &[])
+            .into_iter()
+            .filter(|e| e["decision"] == "deny")
+            .collect();
+        let lines = self.log_lines();
+        let count = |message: &str, id: &Value| {
+            lines
+                .iter()
+                .filter(|l| l["message"] == message && l["session_id"] == *id)
+                .count()
+        };
+        assert!(!sessions.is_empty(), "no sessions recorded");
+        for s in &sessions {
+            let id = &s["session_id"];
+            assert_eq!(
+                count("session opened", id),
+                1,
+                "session {id} opened lines:\n{}",
+                self.log_text()
+            );
+            let closed = count("session closed", id);
+            assert_eq!(
+                closed,
+                usize::from(s["ended_at"].is_string()),
+                "session {id} closed lines:\n{}",
+                self.log_text()
+            );
+        }
+        let denials: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["message"] == "command denied")
+            .collect();
+        assert_eq!(
+            denials.len(),
+            events.len(),
+            "one log line per denied event: {events:?}\n{}",
+            self.log_text()
+        );
+        for e in &events {
+            assert!(
+                denials
+                    .iter()
+                    .any(|l| l["session_id"] == e["session_id"] && l["rule"] == e["rule"]),
+                "no log line for the denial {e}:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
     /// `interceptor exec --config F -- args...`
     pub fn exec(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());

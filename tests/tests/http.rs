@@ -126,11 +126,16 @@ fn hvac(d: &Daemon, c: &Client, args: &[&str]) -> Value {
     if let Some(ca) = &ca {
         full.push(ca);
     }
-    json_of(&ok(
-        d.exec(&full).output().expect("python"),
-        "http_client.py",
-        d,
-    ))
+    // hvac reads VAULT_TOKEN and ~/.vault-token when it has no token: keep
+    // the machine's out of the test.
+    let out = d
+        .exec(&full)
+        .env("HOME", d.dir.path())
+        .env_remove("VAULT_TOKEN")
+        .env_remove("BAO_TOKEN")
+        .output()
+        .expect("python");
+    json_of(&ok(out, "http_client.py", d))
 }
 
 fn events(d: &Daemon) -> Vec<Value> {
@@ -457,6 +462,7 @@ fn response_wrapping_and_unwrap_are_masked() {
 
     // Wrapping tokens obtained directly from the server, outside the
     // cgroup, then unwrapped through the proxy: the payload is masked.
+    let wrapped = std::cell::RefCell::new(Vec::<String>::new());
     let wrap = |bao: &BaoServer| {
         let w = bao.api(
             "GET",
@@ -464,10 +470,12 @@ fn response_wrapping_and_unwrap_are_masked() {
             None,
             &["-H", "X-Vault-Wrap-TTL: 60s"],
         );
-        w["wrap_info"]["token"]
+        let t = w["wrap_info"]["token"]
             .as_str()
             .unwrap_or_else(|| panic!("{w}"))
-            .to_string()
+            .to_string();
+        wrapped.borrow_mut().push(t.clone());
+        t
     };
     let t = wrap(&bao);
     let (code, body) = curl(
@@ -484,9 +492,15 @@ fn response_wrapping_and_unwrap_are_masked() {
     assert_eq!(code, 200, "{body}");
     assert_kv2_masked(&json_of(&body), "curl unwrap");
 
+    // The two ways Vault lets a client unwrap: the wrapping token as the
+    // client token, or another token in the header and the wrapping token
+    // in the body. hvac and bao each do both.
     let t = wrap(&bao);
-    let v = hvac(&d, &c, &["hvac_unwrap", &t]);
-    assert_kv2_masked(&v, "hvac unwrap");
+    let v = hvac(&d, &c, &["hvac_unwrap", &t, "-"]);
+    assert_kv2_masked(&v, "hvac unwrap, wrapping token as the client token");
+    let t = wrap(&bao);
+    let v = hvac(&d, &c, &["hvac_unwrap", &t, ROOT_TOKEN]);
+    assert_kv2_masked(&v, "hvac unwrap, wrapping token in the body");
 
     let t = wrap(&bao);
     let out = ok(
@@ -497,6 +511,30 @@ fn response_wrapping_and_unwrap_are_masked() {
         &d,
     );
     assert_kv2_masked(&json_of(&out), "bao unwrap");
+    let t = wrap(&bao);
+    let out = ok(
+        bao_cmd(&d, &c, ROOT_TOKEN, &["unwrap", "-format=json", &t])
+            .output()
+            .expect("bao"),
+        "bao unwrap TOKEN",
+        &d,
+    );
+    assert_kv2_masked(&json_of(&out), "bao unwrap TOKEN (in the body)");
+
+    // Neither way leaves a wrapping token in the audit trail: not the
+    // header, not the body, not the command lines that carried them.
+    d.flush();
+    for path in files_under(&d.state_dir()) {
+        let bytes = std::fs::read(&path).expect("read");
+        let hay = String::from_utf8_lossy(&bytes);
+        for t in wrapped.borrow().iter() {
+            assert!(
+                !hay.contains(t.as_str()),
+                "{} holds the wrapping token {t}",
+                path.display()
+            );
+        }
+    }
 }
 
 #[test]
@@ -602,6 +640,7 @@ fn audit_events_carry_method_path_status_decision_and_no_tokens() {
             .any(|p| p.extension().is_some_and(|e| e == "parquet")),
         "parquet files written"
     );
+    d.assert_log_lines_once();
 }
 
 fn raw(d: &Daemon, bao: &BaoServer, kind: &str) -> Value {

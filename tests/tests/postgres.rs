@@ -777,6 +777,7 @@ fn every_statement_is_one_audit_event_without_literals() {
             path.display()
         );
     }
+    d.assert_log_lines_once();
 }
 
 #[test]

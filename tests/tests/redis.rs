@@ -335,6 +335,7 @@ fn redis_cli_and_redis_py_with_requirepass_masked_denied_and_audited() {
             password, SECRET_DB, SECRET_API, CREDS_USER, CREDS_PASS, AWS_KEY,
         ],
     );
+    d.assert_log_lines_once();
 }
 
 #[test]

@@ -179,9 +179,33 @@ pub fn redact_cmdline(cmdline: &str, key: &HostKey) -> String {
             }
             continue;
         }
+        if looks_like_vault_token(word) {
+            out.push(key.hash(word.as_bytes()));
+            continue;
+        }
         out.push(redact_word(word, key));
     }
     out.join(" ")
+}
+
+/// A Vault/OpenBao token given as a bare word (`bao unwrap s.XXXX`, a
+/// wrapping token passed to a script): service tokens `s.` + 24 characters
+/// and the prefixed forms `hvs.`/`hvb.`/`hvr.` (and the legacy `b.`/`r.`).
+fn looks_like_vault_token(word: &str) -> bool {
+    let Some((prefix, body)) = word.split_once('.') else {
+        return false;
+    };
+    let body_ok = |min: usize| {
+        body.len() >= min
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    match prefix {
+        "s" | "b" | "r" => body.len() == 24 && body_ok(24),
+        "hvs" | "hvb" | "hvr" => body_ok(20),
+        _ => false,
+    }
 }
 
 /// `X-Vault-Token:`-style credential headers as curl, wget and httpie take
@@ -318,6 +342,14 @@ mod tests {
             ("curl https://x:tok-9@api.internal/v1", "tok-9"),
             ("/usr/bin/redis-cli -a hunter4 -p 6379 ping", "hunter4"),
             ("redis-benchmark -q -a hunter5 -t get", "hunter5"),
+            (
+                "bao unwrap s.B9yodXGgwWkp6KVr28FR9pd9",
+                "s.B9yodXGgwWkp6KVr28FR9pd9",
+            ),
+            (
+                "python3 job.py hvs.CAESIJ2mFz0aBcDeFgHiJkLmNoPq",
+                "hvs.CAESIJ2mFz0aBcDeFgHiJkLmNoPq",
+            ),
         ] {
             let r = redact_cmdline(line, &k);
             assert!(!r.contains(secret), "{line} -> {r}");
@@ -347,6 +379,11 @@ mod tests {
         assert_eq!(
             redact_cmdline("curl https://host:8200/v1/x", &k),
             "curl https://host:8200/v1/x"
+        );
+        // File names and versions are not tokens.
+        assert_eq!(
+            redact_cmdline("python3 s.py build.tar.gz v1.2.3", &k),
+            "python3 s.py build.tar.gz v1.2.3"
         );
         // `-a` is a password only for the Redis tools.
         assert_eq!(

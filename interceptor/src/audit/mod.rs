@@ -49,9 +49,14 @@ pub trait Recorder: Send + Sync {
 }
 
 /// Session lines in the daemon log (target `interceptor::session`), for
-/// operators tailing the journal of systemd. Not the audit trail.
+/// operators tailing the journal of systemd. Not the audit trail. A session
+/// is journaled again as it learns its upstream, TLS and user (higher
+/// revs); only its first version is logged as opened, and its close once.
 pub fn log_session(s: &SessionRecord) {
     if !s.is_closed() {
+        if s.rev != 0 {
+            return;
+        }
         tracing::info!(
             target: "interceptor::session",
             event = "open",
@@ -88,6 +93,30 @@ pub fn log_session(s: &SessionRecord) {
             "session closed"
         );
     }
+}
+
+/// One line per denied command (target `interceptor::session`), logged
+/// when its outcome is recorded: which rule, which store, which process.
+/// Statements stay out of the log (`audit.statements = "raw"` would put
+/// literals there); the audit trail has them.
+pub fn log_denial(e: &CommandEvent) {
+    if !(e.done && e.decision == Decision::Deny) {
+        return;
+    }
+    tracing::info!(
+        target: "interceptor::session",
+        event = "deny",
+        session_id = %e.session_id,
+        store = %e.store,
+        protocol = %e.protocol,
+        pid = e.pid,
+        uid = e.uid,
+        unit = e.unit.as_deref().unwrap_or("-"),
+        command = %e.command,
+        target_name = e.target.as_deref().unwrap_or("-"),
+        rule = e.rule.as_deref().unwrap_or("-"),
+        "command denied"
+    );
 }
 
 /// This host's name, as recorded in every session.

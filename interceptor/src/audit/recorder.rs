@@ -96,10 +96,12 @@ impl Recorder for JournalRecorder {
     }
 
     fn event(&self, event: &CommandEvent) -> Result<(), RecordError> {
+        super::log_denial(event);
         self.append(RecordView::Event(event.view()))
     }
 
     fn events(&self, events: &[&CommandEvent]) -> Result<(), RecordError> {
+        events.iter().for_each(|e| super::log_denial(e));
         let encoded: Vec<Vec<u8>> = events
             .iter()
             .map(|e| RecordView::Event(e.view()).encode())

@@ -38,23 +38,25 @@ pub async fn serve(
     mut session: SessionRecord,
     recorder: &dyn Recorder,
 ) {
-    let upstream = match upstream {
-        Upstream::Connected(r) => r,
+    // Whether the opening version (rev 0) is in the journal already.
+    let (upstream, journaled) = match upstream {
+        Upstream::Connected(r) => (r, false),
         Upstream::AfterJournal(connector, addr) => {
             if !record_session(recorder, &session) {
                 return refuse(client, session, recorder);
             }
-            connector
+            let r = connector
                 .connect(addr)
                 .await
-                .map_err(|e| format!("upstream connect to {addr} failed: {e}"))
+                .map_err(|e| format!("upstream connect to {addr} failed: {e}"));
+            (r, true)
         }
     };
     let mut server = match upstream {
         Ok(server) => server,
         Err(error) => {
             reset(client);
-            let recorded = record_session(recorder, &session);
+            let recorded = journaled || record_session(recorder, &session);
             let mut event = session.event("TCP", Decision::Error);
             event.target = Some(session.original_dst.clone());
             event.finish(Some(error.clone()));
@@ -67,6 +69,9 @@ pub async fn serve(
         }
     };
     session.upstream_addr = server.peer_addr().ok().map(|a| a.to_string());
+    if journaled {
+        session.rev += 1;
+    }
     let mut event = session.event("TCP", Decision::Allow);
     event.target = Some(session.original_dst.clone());
     // Write-before-forward: nothing is relayed unless the journal took both.
