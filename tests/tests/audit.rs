@@ -11,7 +11,7 @@ use std::{
     process::Command,
     sync::{Arc, Mutex},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use interceptor_tests::*;
@@ -39,6 +39,29 @@ fn token_server() -> (u16, Arc<Mutex<Vec<String>>>) {
         }
     });
     (port, seen)
+}
+
+/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
+/// with `what()`.
+fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the daemon has no session open. A client can see the end of
+/// its session (and exit) before the daemon has journaled the close, and a
+/// flush carries open sessions over instead of writing them to Parquet.
+fn wait_sessions_closed(d: &Daemon) {
+    wait_for(
+        || format!("sessions still open: {}\n{}", d.status(), d.log_text()),
+        || (d.status()["daemon"]["sessions_active"] == 0).then_some(()),
+    );
 }
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
@@ -93,6 +116,7 @@ fn duckdb_and_pyarrow_read_the_dataset_with_the_designed_schema() {
         "1000",
     ]);
     assert!(results.iter().all(went_through_proxy));
+    wait_sessions_closed(&d);
     let msg = d.flush();
     assert!(msg.contains("5 sessions"), "{msg}");
     let audit = d.audit_dir();
@@ -217,23 +241,50 @@ fn kill9_during_a_stream_of_sessions_loses_and_duplicates_nothing() {
     );
     d.spawn();
     let script = workspace_root().join("tests/scripts/token_loop.py");
+    let stop = d.dir.path().join("stop-loop");
+    let progress = d.dir.path().join("loop-progress.json");
     let looper = d
         .exec(&[
             PYTHON,
             script.to_str().expect("path"),
             &port.to_string(),
-            "6",
+            stop.to_str().expect("path"),
+            progress.to_str().expect("path"),
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("loop");
-    thread::sleep(Duration::from_millis(2500));
+    // (ok, failed) so far, as the loop last wrote them.
+    let counts_so_far = || -> Option<(u64, u64)> {
+        let v: Value = serde_json::from_slice(&fs::read(&progress).ok()?).ok()?;
+        Some((v["ok"].as_u64()?, v["failed"].as_u64()?))
+    };
+    let progress_text = || fs::read_to_string(&progress).unwrap_or_default();
+    // The loop is well under way through the daemon...
+    wait_for(
+        || format!("30 sessions before the kill: {}", progress_text()),
+        || counts_so_far().filter(|c| c.0 >= 30),
+    );
     d.kill9();
-    thread::sleep(Duration::from_millis(700));
+    // ... sees the dead daemon (its connects are refused) ...
+    let (_, failed_at_kill) = counts_so_far().expect("loop progress");
+    wait_for(
+        || format!("a refused session after the kill: {}", progress_text()),
+        || counts_so_far().filter(|c| c.1 > failed_at_kill),
+    );
     d.spawn();
+    // ... and goes on through the restarted one.
+    let (ok_at_restart, _) = counts_so_far().expect("loop progress");
+    wait_for(
+        || format!("30 sessions after the restart: {}", progress_text()),
+        || counts_so_far().filter(|c| c.0 >= ok_at_restart + 30),
+    );
+    fs::write(&stop, b"").expect("stop the loop");
     let out = looper.wait_with_output().expect("loop");
+    assert!(out.status.success(), "loop: {out:?}");
     let counts: Value = serde_json::from_slice(&out.stdout).expect("counts");
     assert!(counts["ok"].as_u64().unwrap_or(0) > 50, "{counts}");
+    wait_sessions_closed(&d);
     d.flush();
 
     let sessions = d.audit_rows("sessions", &[]);
@@ -330,6 +381,7 @@ fn a_torn_or_flipped_journal_is_reported_and_every_intact_record_kept() {
     for _ in 0..6 {
         assert!(went_through_proxy(&d.client(&["--port", &port])[0]));
     }
+    wait_sessions_closed(&d);
     d.kill9();
     let seg = biggest_segment(&d.state_dir());
     let len = fs::metadata(&seg).expect("segment").len();
@@ -365,6 +417,7 @@ fn a_torn_or_flipped_journal_is_reported_and_every_intact_record_kept() {
     for _ in 0..6 {
         assert!(went_through_proxy(&d.client(&["--port", &port])[0]));
     }
+    wait_sessions_closed(&d);
     d.kill9();
     let seg = biggest_segment(&d.state_dir());
     let mut bytes = fs::read(&seg).expect("segment");
@@ -445,6 +498,8 @@ fn a_full_filesystem_blocks_commands_and_the_daemon_recovers() {
     let _fs = Tmpfs::mount(&d.state_dir(), "1m");
     d.spawn();
     assert_eq!(try_session(&d, echo.port), "data");
+    // Its close is journaled before the filesystem fills up.
+    wait_sessions_closed(&d);
     let filler = fill(&d.state_dir());
     let accepted = echo.accepted();
     let mut refused = 0;
@@ -470,6 +525,7 @@ fn a_full_filesystem_blocks_commands_and_the_daemon_recovers() {
         "the daemon did not recover once space returned"
     );
     assert_eq!(d.status()["daemon"]["audit"]["recorder"]["failing"], false);
+    wait_sessions_closed(&d);
     d.flush();
     let sessions = d.audit_rows("sessions", &[]);
     assert!(
@@ -525,6 +581,7 @@ fn no_secret_reaches_the_parquet_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    wait_sessions_closed(&d);
     d.flush();
     let secrets = [
         "hunter2-url-secret",
@@ -575,9 +632,10 @@ fn a_client_that_vanishes_mid_session_is_recorded_with_its_bytes() {
         926,
         &[tcp_store("echo", &[format!("127.0.0.1:{}", echo.port)])],
     );
-    // Send 5000 bytes, then reset the connection instead of closing it.
+    // Send 5000 bytes, read their echo (they all crossed the proxy), then
+    // reset the connection instead of closing it.
     let code = format!(
-        "import socket, struct, time\ns=socket.socket()\ns.connect(('127.0.0.1',{}))\ns.recv(64)\ns.sendall(b'x'*5000)\ntime.sleep(0.3)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\ns.close()",
+        "import socket, struct\ns=socket.socket()\ns.settimeout(30)\ns.connect(('127.0.0.1',{}))\nf=s.makefile('rb')\nf.readline()\ns.sendall(b'x'*5000)\nassert f.read(5000)==b'x'*5000\nf.close()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\ns.close()",
         echo.port
     );
     let out = d.exec(&[PYTHON, "-c", &code]).output().expect("client");
@@ -587,10 +645,11 @@ fn a_client_that_vanishes_mid_session_is_recorded_with_its_bytes() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The daemon notices the reset, closes the session and keeps serving.
-    thread::sleep(Duration::from_millis(300));
+    wait_sessions_closed(&d);
     assert!(went_through_proxy(
         &d.client(&["--port", &echo.port.to_string()])[0]
     ));
+    wait_sessions_closed(&d);
     d.flush();
     let sessions = d.audit_rows("sessions", &[]);
     assert_eq!(sessions.len(), 2, "{sessions:?}");
