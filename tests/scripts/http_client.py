@@ -15,8 +15,9 @@ Each scenario prints one JSON object on stdout.
                                    5 s; when and how the proxy ended it
   keepalive HOST PORT TOKEN PATH N SECONDS
                                    N requests on ONE connection over SECONDS
-  gated HOST PORT TOKEN GATE       on one connection: GET a secret, wait for
-                                   the file GATE, then write the secret 20 times
+  gated HOST PORT TOKEN GATE READY on one connection: GET a secret, create the
+                                   file READY, wait for the file GATE, then
+                                   write the secret 20 times
 """
 
 import json
@@ -145,10 +146,10 @@ def scenario_keepalive(host, port, token, path, n, seconds):
     print(json.dumps({"results": results, "same_connection": sock is not None}))
 
 
-def scenario_gated(host, port, token, gate):
+def scenario_gated(host, port, token, gate, ready):
     import http.client
 
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
     results = []
 
     def call(method, path, body=None):
@@ -158,9 +159,13 @@ def scenario_gated(host, port, token, gate):
         results.append({"status": r.status, "body": r.read().decode("utf-8", "replace")})
 
     call("GET", "/v1/secret/data/app")
-    deadline = time.time() + 20
-    while not os.path.exists(gate) and time.time() < deadline:
-        time.sleep(0.05)
+    with open(ready, "w"):
+        pass
+    deadline = time.time() + 60
+    while not os.path.exists(gate):
+        if time.time() > deadline:
+            sys.exit("gated: %s did not appear within 60 s" % gate)
+        time.sleep(0.02)
     for _ in range(20):
         call("POST", "/v1/secret/data/app", json.dumps({"data": {"password": "overwritten"}}))
     print(json.dumps({"results": results}))

@@ -8,6 +8,8 @@
 use std::{
     path::PathBuf,
     process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use interceptor_tests::{
@@ -138,11 +140,38 @@ fn hvac(d: &Daemon, c: &Client, args: &[&str]) -> Value {
     json_of(&ok(out, "http_client.py", d))
 }
 
+/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
+/// with `what()`.
+fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the daemon has no session open. A client can have its last
+/// response (and exit) before the daemon has journaled the request's
+/// outcome and the session's close, and a flush carries open sessions over.
+fn wait_sessions_closed(d: &Daemon) {
+    wait_for(
+        || format!("sessions still open: {}\n{}", d.status(), d.log_text()),
+        || (d.status()["daemon"]["sessions_active"] == 0).then_some(()),
+    );
+}
+
+/// Events of the vault store once every session has ended.
 fn events(d: &Daemon) -> Vec<Value> {
+    wait_sessions_closed(d);
     d.flushed_rows("events", "vault")
 }
 
+/// Sessions of the vault store once every session has ended.
 fn sessions(d: &Daemon) -> Vec<Value> {
+    wait_sessions_closed(d);
     d.flushed_rows("sessions", "vault")
 }
 
@@ -640,6 +669,7 @@ fn audit_events_carry_method_path_status_decision_and_no_tokens() {
             .any(|p| p.extension().is_some_and(|e| e == "parquet")),
         "parquet files written"
     );
+    wait_sessions_closed(&d);
     d.assert_log_lines_once();
 }
 
@@ -868,10 +898,12 @@ fn a_journal_that_cannot_be_written_stops_requests_with_503() {
     let _unmount = Unmount(state.clone());
     d.spawn();
     let gate = d.dir.path().join("gate");
+    let ready = d.dir.path().join("ready");
     let s = script();
     let port = bao.port.to_string();
     let gate_s = gate.display().to_string();
-    let child = d
+    let ready_s = ready.display().to_string();
+    let mut child = d
         .exec(&[
             PYTHON3,
             s.to_str().expect("utf-8"),
@@ -880,12 +912,22 @@ fn a_journal_that_cannot_be_written_stops_requests_with_503() {
             &port,
             ROOT_TOKEN,
             &gate_s,
+            &ready_s,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("client");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The client's first GET is answered while the journal is writable.
+    wait_for(
+        || format!("the gated client's first GET:\n{}", d.log_text()),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the gated client exited ({status}) before its first GET was answered");
+            }
+            ready.exists().then_some(())
+        },
+    );
     let filler = fill(&state);
     std::fs::write(&gate, b"go").expect("gate");
     let v = json_of(&ok(child.wait_with_output().expect("client"), "gated", &d));
