@@ -13,8 +13,8 @@ Scenarios:
                        Prints [{"sql", "ok", "sqlstate", "message", "rows"}].
   txn                  denial inside an explicit transaction: prints the
                        steps' outcomes and whether the insert survived.
-  cancel               runs pg_sleep(30) and cancels it from another thread;
-                       prints {"sqlstate", "seconds"}.
+  cancel               runs pg_sleep(30) and cancels it from another thread
+                       once the server runs it; prints {"sqlstate", "seconds"}.
   info                 prints {"user", "ssl", "db"} as the server sees them.
 """
 
@@ -100,8 +100,21 @@ def txn(dsn):
 
 def cancel(dsn):
     with psycopg.connect(dsn, autocommit=True) as conn:
+        pid = conn.info.backend_pid
+
         def later():
-            time.sleep(1.0)
+            # Cancel once the server is running the query (a cancel that
+            # arrives before it is lost), seen from a second session.
+            with psycopg.connect(dsn, autocommit=True) as watcher:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    row = watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = %s "
+                        "AND state = 'active' AND query LIKE 'SELECT pg_sleep%%'",
+                        (pid,)).fetchone()
+                    if row[0]:
+                        break
+                    time.sleep(0.02)
             conn.cancel()
         threading.Thread(target=later, daemon=True).start()
         start = time.monotonic()

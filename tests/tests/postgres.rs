@@ -7,12 +7,13 @@
 use std::{
     path::PathBuf,
     process::{Command, Output, Stdio},
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use interceptor_tests::{
     expect_success as ok, files_under as walk, output_text as text,
-    pg::{Auth, PgOptions, PgServer, DATABASE},
+    pg::{Auth, PgOptions, PgServer, DATABASE, SUPERUSER},
     require_root, workspace_root, Daemon, TestCgroup,
 };
 use serde_json::Value;
@@ -85,12 +86,38 @@ fn psycopg(d: &Daemon, pg: &PgServer, dsn: &str, args: &[&str]) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
 }
 
-/// Sessions of this daemon as the audit trail has them (after a flush).
+/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
+/// with `what()`.
+fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the daemon has no session open. A client can have its last
+/// reply (and exit) before the daemon has journaled the outcome and the
+/// session's close, and a flush carries open sessions over.
+fn wait_sessions_closed(d: &Daemon) {
+    wait_for(
+        || format!("sessions still open: {}\n{}", d.status(), d.log_text()),
+        || (d.status()["daemon"]["sessions_active"] == 0).then_some(()),
+    );
+}
+
+/// Sessions of this daemon as the audit trail has them (once every session
+/// has ended, after a flush).
 fn sessions(d: &Daemon) -> Vec<Value> {
+    wait_sessions_closed(d);
     d.flushed_rows("sessions", "postgres")
 }
 
 fn events(d: &Daemon) -> Vec<Value> {
+    wait_sessions_closed(d);
     d.flushed_rows("events", "postgres")
 }
 
@@ -588,7 +615,50 @@ fn malformed_oversized_and_function_call_messages_end_only_their_session() {
     require_root();
     let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
     let (_cg, d) = daemon("pg-bad", 937, &pg, "upstream_tls = \"disable\"");
-    // A long-running session that must survive everything below.
+    // A session that must stay open, in the middle of a query, across
+    // everything below: it waits for an advisory lock that a superuser
+    // session (over the unix socket, not intercepted) holds until the end.
+    let mut holder = Command::new("psql")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(pg.socket_dir())
+        .args([
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            SUPERUSER,
+            "-d",
+            DATABASE,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql holding the lock");
+    {
+        use std::io::Write;
+        let stdin = holder.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(b"SELECT pg_advisory_lock(4242);\n")
+            .expect("write to psql");
+        stdin.flush().expect("flush psql stdin");
+    }
+    let lock_holders = |granted: bool| {
+        pg.admin_sql(
+            DATABASE,
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND granted = {granted};"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    wait_for(
+        || format!("the superuser holding the lock\n{}", pg.log_tail(20)),
+        || (lock_holders(true) == "1").then_some(()),
+    );
     let survivor = in_cgroup(
         &d,
         &pg,
@@ -601,7 +671,7 @@ fn malformed_oversized_and_function_call_messages_end_only_their_session() {
             "-v",
             "ON_ERROR_STOP=1",
             "-c",
-            "SELECT pg_sleep(4)",
+            "SELECT pg_advisory_lock(4242)",
             "-c",
             "SELECT 'survived'",
         ],
@@ -610,7 +680,17 @@ fn malformed_oversized_and_function_call_messages_end_only_their_session() {
     .stderr(Stdio::piped())
     .spawn()
     .expect("psql");
-    std::thread::sleep(Duration::from_millis(500));
+    // Its query went through the proxy and waits on the server.
+    wait_for(
+        || {
+            format!(
+                "the survivor waiting for the lock\n{}\n{}",
+                pg.log_tail(20),
+                d.log_text()
+            )
+        },
+        || (lock_holders(false) == "1").then_some(()),
+    );
 
     // A Query whose length runs past the message.
     let out = raw_session(&d, &pg, r#"s.sendall(b"Q\x00\x00\x00\x09SELECT 1")"#);
@@ -663,6 +743,16 @@ s.sendall(b"X\x00\x00\x00\x04")
         "session went on after the refused FunctionCall: {o}"
     );
 
+    // Still waiting after all that: release the lock.
+    assert_eq!(
+        lock_holders(false),
+        "1",
+        "the survivor is no longer waiting for the lock\n{}",
+        d.log_text()
+    );
+    drop(holder.stdin.take());
+    let out = holder.wait_with_output().expect("psql holding the lock");
+    pg.expect_ok(&out, "psql holding the lock");
     let survivor = survivor.wait_with_output().expect("psql");
     let s = ok(survivor, "the concurrent session", &d);
     assert!(s.contains("survived"), "{s}");
@@ -777,6 +867,7 @@ fn every_statement_is_one_audit_event_without_literals() {
             path.display()
         );
     }
+    wait_sessions_closed(&d);
     d.assert_log_lines_once();
 }
 
