@@ -5,6 +5,7 @@
 //! bpffs directory, so they can run side by side.
 
 use std::{
+    fs,
     io::{Read, Write},
     process::Command,
     thread,
@@ -12,6 +13,64 @@ use std::{
 };
 
 use interceptor_tests::*;
+
+/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
+/// with `what()`.
+fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connections waiting in the accept queue of the listener on
+/// 127.0.0.1:`port` (the rx_queue of a listening socket in /proc/net/tcp).
+fn accept_queue(port: u16) -> usize {
+    let table = fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    let queues: Vec<usize> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) != Some(&local.as_str()) || f.get(3) != Some(&"0A") {
+                return None;
+            }
+            let rx = f.get(4)?.split(':').nth(1)?;
+            usize::from_str_radix(rx, 16).ok()
+        })
+        .collect();
+    assert!(
+        !queues.is_empty(),
+        "no listener on 127.0.0.1:{port}:\n{table}"
+    );
+    queues.iter().sum()
+}
+
+/// The number of connections `echo` accepted, once its accept queue is
+/// empty and the count has stopped moving (two polls in a row agree).
+fn accepted_when_drained(echo: &EchoServer) -> usize {
+    let mut last = usize::MAX;
+    wait_for(
+        || {
+            format!(
+                "the echo server's accept queue to drain ({} waiting, {} accepted)",
+                accept_queue(echo.port),
+                echo.accepted()
+            )
+        },
+        || {
+            let now = echo.accepted();
+            let settled = accept_queue(echo.port) == 0 && now == last;
+            last = now;
+            settled.then_some(now)
+        },
+    )
+}
 
 #[test]
 fn unmodified_clients_are_served_by_the_proxy() {
@@ -183,13 +242,21 @@ fn unmodified_clients_are_served_by_the_proxy() {
     assert_eq!(curl_sessions.len(), 1, "{curl_sessions:?}");
     assert_eq!(curl_sessions[0]["comm"], "curl");
 
-    // Byte counts are recorded on close.
-    let closed = d.sessions_closed();
-    assert!(
-        closed
-            .iter()
-            .any(|c| c["bytes_up"].as_u64() == Some(100_000)),
-        "{closed:?}"
+    // Byte counts are recorded on close (the close is logged after the
+    // client has read its last byte: wait for it).
+    wait_for(
+        || {
+            format!(
+                "a session closed with 100000 bytes up: {:?}",
+                d.sessions_closed()
+            )
+        },
+        || {
+            d.sessions_closed()
+                .iter()
+                .any(|c| c["bytes_up"].as_u64() == Some(100_000))
+                .then_some(())
+        },
     );
 }
 
@@ -327,13 +394,25 @@ fn dead_daemon_means_refused_and_restart_takes_over_without_a_gap() {
     assert!(went_through_proxy(&d.client(&["--port", &port])[0]));
 
     // A background task in the cgroup connects in a loop across the kill and
-    // the restart; no single connection may reach the server directly.
+    // the restart, until the file `stop` appears, writing its counts to
+    // `progress` as it goes; no single connection may reach the server
+    // directly.
+    let stop = d.dir.path().join("stop-loop");
+    let progress = d.dir.path().join("loop-progress.json");
     let script = format!(
         r#"
-import socket, time, json
+import socket, time, json, os
 ok = refused = direct = 0
-end = time.time() + 6
-while time.time() < end:
+stop, progress = {stop:?}, {progress:?}
+give_up = time.time() + 300  # only if the test died without creating stop
+def report():
+    with open(progress + '.tmp', 'w') as f:
+        json.dump(dict(ok=ok, refused=refused, direct=direct), f)
+    os.replace(progress + '.tmp', progress)
+report()
+while not os.path.exists(stop):
+    if time.time() > give_up:
+        raise SystemExit('the loop was never stopped')
     s = socket.socket()
     # A connect that lands in the dying daemon's SYN queue can be dropped
     # without a reset: never wait on one forever.
@@ -350,20 +429,29 @@ while time.time() < end:
         pass
     finally:
         s.close()
+    report()
     time.sleep(0.005)
 print(json.dumps(dict(ok=ok, refused=refused, direct=direct)))
-"#
+"#,
+        stop = stop.display().to_string(),
+        progress = progress.display().to_string(),
     );
     let looper = d
         .exec(&[PYTHON, "-c", &script])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("loop client");
-    thread::sleep(Duration::from_millis(1500));
+    let so_far =
+        || -> Option<serde_json::Value> { serde_json::from_slice(&fs::read(&progress).ok()?).ok() };
+    let count = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or(0);
+    let progress_text = || fs::read_to_string(&progress).unwrap_or_default();
+    wait_for(
+        || format!("20 connections through the daemon: {}", progress_text()),
+        || so_far().filter(|v| count(v, "ok") >= 20),
+    );
     d.kill9();
-    // Let the server's accept loop drain what the proxy opened before it died.
-    thread::sleep(Duration::from_millis(200));
-    let accepted_before_kill = echo.accepted();
+    // What the proxy opened before it died is all accepted by the server.
+    let accepted_before_kill = accepted_when_drained(&echo);
 
     // Dead daemon: a connect from the cgroup is refused, and the server sees nothing.
     let r = &d.client(&["--port", &port])[0];
@@ -372,9 +460,13 @@ print(json.dumps(dict(ok=ok, refused=refused, direct=direct)))
         "dead daemon must mean refused: {r}"
     );
     // The looper made no direct connection while the daemon was dead.
-    thread::sleep(Duration::from_millis(800));
+    let refused_at_kill = count(&so_far().expect("loop progress"), "refused");
+    wait_for(
+        || format!("20 refused connections after the kill: {}", progress_text()),
+        || so_far().filter(|v| count(v, "refused") >= refused_at_kill + 20),
+    );
     assert_eq!(
-        echo.accepted(),
+        accepted_when_drained(&echo),
         accepted_before_kill,
         "a connection reached the server while the daemon was dead"
     );
@@ -392,7 +484,19 @@ print(json.dumps(dict(ok=ok, refused=refused, direct=direct)))
     );
 
     d.spawn();
+    let ok_at_restart = count(&so_far().expect("loop progress"), "ok");
+    wait_for(
+        || {
+            format!(
+                "20 connections through the restarted daemon: {}",
+                progress_text()
+            )
+        },
+        || so_far().filter(|v| count(v, "ok") >= ok_at_restart + 20),
+    );
+    fs::write(&stop, b"").expect("stop the loop");
     let out = looper.wait_with_output().expect("loop client");
+    assert!(out.status.success(), "loop client: {out:?}");
     let counts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("loop counts");
     assert_eq!(
         counts["direct"], 0,
@@ -473,8 +577,15 @@ fn connections_dialled_straight_at_the_listener_are_closed() {
         "a connection without a redirect record must be closed"
     );
     assert_eq!(echo.accepted(), 0);
-    thread::sleep(Duration::from_millis(100));
-    assert_eq!(d.status()["daemon"]["rejected_without_record"], 1);
+    let rejected = wait_for(
+        || format!("the direct connection counted: {}", d.status()),
+        || {
+            let st = d.status();
+            let n = st["daemon"]["rejected_without_record"].as_u64()?;
+            (n > 0).then_some(n)
+        },
+    );
+    assert_eq!(rejected, 1);
 }
 
 #[test]
