@@ -7,7 +7,8 @@
 use std::{
     path::{Path, PathBuf},
     process::{Output, Stdio},
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use interceptor_tests::{
@@ -142,11 +143,54 @@ fn py(d: &Daemon, server: &RedisServer, via: &Via, scenario: &str, resp: &str) -
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
 }
 
+/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
+/// with `what()`.
+fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the daemon has no session open. A client can have its last
+/// reply (and exit) before the daemon has journaled the outcome and the
+/// session's close, and a flush carries open sessions over.
+fn wait_sessions_closed(d: &Daemon) {
+    wait_for(
+        || format!("sessions still open: {}\n{}", d.status(), d.log_text()),
+        || (d.status()["daemon"]["sessions_active"] == 0).then_some(()),
+    );
+}
+
+/// Waits until `file` exists (a client's sign that it got that far);
+/// panics early if `child` exits first.
+fn wait_for_file(file: &Path, child: &mut std::process::Child, d: &Daemon) {
+    wait_for(
+        || format!("{} to appear:\n{}", file.display(), d.log_text()),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the client exited ({status}) before creating {}:\n{}",
+                    file.display(),
+                    d.log_text()
+                );
+            }
+            file.exists().then_some(())
+        },
+    );
+}
+
 fn events(d: &Daemon) -> Vec<Value> {
+    wait_sessions_closed(d);
     d.flushed_rows("events", "redis")
 }
 
 fn sessions(d: &Daemon) -> Vec<Value> {
+    wait_sessions_closed(d);
     d.flushed_rows("sessions", "redis")
 }
 
@@ -335,6 +379,7 @@ fn redis_cli_and_redis_py_with_requirepass_masked_denied_and_audited() {
             password, SECRET_DB, SECRET_API, CREDS_USER, CREDS_PASS, AWS_KEY,
         ],
     );
+    wait_sessions_closed(&d);
     d.assert_log_lines_once();
 }
 
@@ -570,26 +615,37 @@ fn malformed_input_ends_only_its_connection() {
     let server = RedisServer::start(RedisOptions::default());
     server.seed();
     let (_cg, d) = daemon("redis-bad", 955, &server, "", "");
-    // A session that stays open across everything below.
+    // A session that stays open across everything below: it has had its
+    // first reply when it creates `ready`, and sends its next command once
+    // the test creates `gate`.
+    let ready = d.dir.path().join("survivor-ready");
+    let gate = d.dir.path().join("survivor-gate");
     let survivor_code = format!(
         r#"
-import socket, time, sys
+import socket, time, sys, os
 s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
 s.sendall(b"PING\r\n")
 first = s.recv(100)
-time.sleep(4)
+open({ready:?}, "w").close()
+deadline = time.time() + 60
+while not os.path.exists({gate:?}):
+    if time.time() > deadline:
+        sys.exit("the gate never opened")
+    time.sleep(0.02)
 s.sendall(b"*2\r\n$3\r\nGET\r\n$15\r\npublic:greeting\r\n")
 sys.stdout.write((first + s.recv(100)).decode())
 "#,
-        port = server.client_port()
+        port = server.client_port(),
+        ready = ready.display().to_string(),
+        gate = gate.display().to_string(),
     );
-    let survivor = d
+    let mut survivor = d
         .exec(&[PYTHON3, "-c", &survivor_code])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("python");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_file(&ready, &mut survivor, &d);
 
     // A giant bulk length: refused before anything is buffered; the command
     // before it is answered first.
@@ -629,6 +685,7 @@ sys.stdout.write((first + s.recv(100)).decode())
     // A client that sends nothing and leaves.
     let _ = raw(&d, &server, "s.close(); sys.exit(0)");
 
+    std::fs::write(&gate, b"").expect("open the gate");
     let survivor = survivor.wait_with_output().expect("python");
     let s = ok(survivor, "the concurrent session", &d);
     assert_eq!(s, format!("+PONG\r\n${}\r\n{GREETING}\r\n", GREETING.len()));
@@ -721,16 +778,22 @@ fn commands_are_not_forwarded_when_the_journal_cannot_record_them() {
     let _fs = Tmpfs::mount(&d.state_dir(), "2m");
     d.spawn();
     let go = d.dir.path().join("go");
-    // A session opened while the journal is writable; it sends its writes
-    // once the filesystem is full.
+    let ready = d.dir.path().join("ready");
+    // A session opened while the journal is writable (it creates `ready`
+    // once its PING is answered); it sends its writes once the filesystem
+    // is full and the test creates `go`.
     let code = format!(
         r#"
 import socket, os, time, sys
 s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
 s.sendall(b"PING\r\n")
 assert s.recv(100) == b"+PONG\r\n"
+open("{ready}", "w").close()
+deadline = time.time() + 60
 while not os.path.exists("{go}"):
-    time.sleep(0.05)
+    if time.time() > deadline:
+        sys.exit("{go} never appeared")
+    time.sleep(0.02)
 out = b""
 for i in range(20):
     s.sendall(b"SET full:%d x\r\n" % i)
@@ -741,15 +804,16 @@ for i in range(20):
 sys.stdout.write(out.decode())
 "#,
         port = server.client_port(),
-        go = go.display()
+        go = go.display(),
+        ready = ready.display()
     );
-    let child = d
+    let mut child = d
         .exec(&[PYTHON3, "-c", &code])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("python");
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for_file(&ready, &mut child, &d);
     let filler = d.state_dir().join("filler");
     {
         use std::io::Write;
