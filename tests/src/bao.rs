@@ -55,8 +55,13 @@ pub struct BaoServer {
 
 impl BaoServer {
     pub fn start(tls: bool) -> BaoServer {
+        Self::start_on(tls, None)
+    }
+
+    /// [`BaoServer::start`] on a given port (`None`: a free one).
+    pub fn start_on(tls: bool, port: Option<u16>) -> BaoServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let port = port.unwrap_or_else(free_port);
         let log = std::fs::File::create(dir.path().join("bao.log")).expect("bao log");
         let mut cmd = Command::new(bao_bin());
         cmd.args([
@@ -220,6 +225,33 @@ impl BaoServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl BaoServer {
+    /// What it takes to stop this server later by pid (see [`crate::Kept`]).
+    pub fn record(&self) -> crate::Kept {
+        let pid = self.child.as_ref().map_or(0, |c| c.id());
+        crate::Kept {
+            what: "bao".into(),
+            pid,
+            exe: bao_bin(),
+            stop_signal: libc::SIGTERM,
+            dir: Some(self.dir.path().to_path_buf()),
+        }
+    }
+
+    /// Leaves the server running after this handle is gone (the demo's
+    /// `--keep`), with its directory: stop it with [`crate::Kept::stop`].
+    pub fn keep(mut self) -> crate::Kept {
+        let kept = self.record();
+        self.child = None;
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().expect("placeholder tempdir"),
+        );
+        let _ = dir.keep();
+        kept
     }
 }
 

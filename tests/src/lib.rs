@@ -103,6 +103,50 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A server left running on purpose (`cargo xtask demo --keep`), to be
+/// stopped later by pid: [`Kept::stop`] signals it only while that pid is
+/// still the program that was started.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    pub what: String,
+    pub pid: u32,
+    /// The executable the pid must still be running.
+    pub exe: PathBuf,
+    pub stop_signal: i32,
+    /// Its data directory, removed once it has stopped.
+    pub dir: Option<PathBuf>,
+}
+
+impl Kept {
+    /// Whether `pid` is still the process that was started (not a reused pid).
+    pub fn running(&self) -> bool {
+        self.pid != 0
+            && fs::read_link(format!("/proc/{}/exe", self.pid))
+                .is_ok_and(|exe| exe == self.exe || exe.file_name() == self.exe.file_name())
+    }
+
+    /// Signals it, waits up to 15 s for it to go (then SIGKILL), removes its directory.
+    pub fn stop(&self) {
+        if self.running() {
+            let pid = self.pid as i32;
+            // SAFETY: kill(2) of the process recorded when it was started,
+            // checked above to still be running the same executable.
+            unsafe { libc::kill(pid, self.stop_signal) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while self.running() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            if self.running() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if let Some(dir) = &self.dir {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// The cgroup v2 mount, found the way the daemon finds it.
 fn cgroup2_mount() -> PathBuf {
     interceptor::redirect::cgroup::cgroup2_mount().expect("a cgroup v2 mount")

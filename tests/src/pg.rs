@@ -177,6 +177,12 @@ impl PgServer {
     /// `ci` database and its `users` table. Panics with the server log on
     /// failure.
     pub fn start(opts: PgOptions) -> PgServer {
+        Self::start_on(opts, None)
+    }
+
+    /// [`PgServer::start`] on a given port (`None`: a free one). A given
+    /// port that is taken fails at once, with the server log.
+    pub fn start_on(opts: PgOptions, port: Option<u16>) -> PgServer {
         assert!(
             Path::new(PG_BIN).join("postgres").exists(),
             "{PG_BIN}/postgres is missing: the PostgreSQL 15 server binaries (Debian package postgresql-15) are needed"
@@ -199,7 +205,7 @@ impl PgServer {
             server.make_certs();
         }
         server.configure();
-        server.launch();
+        server.launch(port);
         server.populate();
         server
     }
@@ -543,9 +549,10 @@ impl PgServer {
 
     /// Starts the postmaster on a free port (retrying if another process
     /// took the port in between) and waits for `pg_isready`.
-    fn launch(&mut self) {
-        for attempt in 1..=5 {
-            self.port = free_port();
+    fn launch(&mut self, port: Option<u16>) {
+        let attempts = if port.is_some() { 1 } else { 5 };
+        for attempt in 1..=attempts {
+            self.port = port.unwrap_or_else(free_port);
             let log = fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -568,7 +575,7 @@ impl PgServer {
                 Err(status) => {
                     self.child = None;
                     let log = self.log();
-                    if attempt < 5 && log.contains("Address already in use") {
+                    if attempt < attempts && log.contains("Address already in use") {
                         continue;
                     }
                     panic!(
@@ -659,6 +666,33 @@ impl PgServer {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+impl PgServer {
+    /// What it takes to stop this server later by pid (see [`crate::Kept`]).
+    pub fn record(&self) -> crate::Kept {
+        let pid = self.child.as_ref().map_or(0, |c| c.id());
+        crate::Kept {
+            what: "postgres".into(),
+            pid,
+            exe: Path::new(PG_BIN).join("postgres"),
+            stop_signal: libc::SIGINT,
+            dir: Some(self.dir.path().to_path_buf()),
+        }
+    }
+
+    /// Leaves the server running after this handle is gone (the demo's
+    /// `--keep`), with its directory: stop it with [`crate::Kept::stop`].
+    pub fn keep(mut self) -> crate::Kept {
+        let kept = self.record();
+        self.child = None;
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().expect("placeholder tempdir"),
+        );
+        let _ = dir.keep();
+        kept
     }
 }
 

