@@ -120,7 +120,7 @@ def pubsub(args):
     ps.subscribe("chan:a", "chan:b")
     ps.psubscribe("pat:*")
     got = []
-    deadline = time.time() + 10
+    deadline = time.time() + 30
     confirmations = 0
     while confirmations < 3 and time.time() < deadline:
         m = ps.get_message(timeout=1)
@@ -135,10 +135,13 @@ def pubsub(args):
             got.append(m["data"])
     ps.unsubscribe()
     ps.punsubscribe()
-    # Back to normal commands on the same connection.
-    time.sleep(0.2)
-    while ps.get_message(timeout=0.2):
-        pass
+    # Back to normal commands on the same connection, once the three
+    # unsubscriptions are confirmed.
+    left = 0
+    while left < 3 and time.time() < deadline:
+        m = ps.get_message(timeout=1)
+        if m and m["type"] in ("unsubscribe", "punsubscribe"):
+            left += 1
     ps.close()
     after = sub.get("public:greeting")
     return {"confirmations": confirmations, "receivers": receivers, "messages": got, "after": after}
