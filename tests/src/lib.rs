@@ -118,6 +118,31 @@ pub struct Kept {
 }
 
 impl Kept {
+    /// The record of a server started as `child`, whose files are in `dir`.
+    pub fn of(
+        what: &str,
+        child: Option<&Child>,
+        exe: PathBuf,
+        stop_signal: i32,
+        dir: &Path,
+    ) -> Kept {
+        Kept {
+            what: what.into(),
+            pid: child.map_or(0, Child::id),
+            exe,
+            stop_signal,
+            dir: Some(dir.to_path_buf()),
+        }
+    }
+
+    /// What a server handle's `keep` does: forget the child (dropping a
+    /// `Child` does not stop it) and keep the directory on disk.
+    pub fn release(child: &mut Option<Child>, dir: &mut tempfile::TempDir) {
+        *child = None;
+        let placeholder = tempfile::tempdir().expect("placeholder tempdir");
+        let _ = std::mem::replace(dir, placeholder).keep();
+    }
+
     /// Whether `pid` is still the process that was started (not a reused pid).
     pub fn running(&self) -> bool {
         self.pid != 0

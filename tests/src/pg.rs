@@ -672,26 +672,21 @@ impl PgServer {
 impl PgServer {
     /// What it takes to stop this server later by pid (see [`crate::Kept`]).
     pub fn record(&self) -> crate::Kept {
-        let pid = self.child.as_ref().map_or(0, |c| c.id());
-        crate::Kept {
-            what: "postgres".into(),
-            pid,
-            exe: Path::new(PG_BIN).join("postgres"),
-            stop_signal: libc::SIGINT,
-            dir: Some(self.dir.path().to_path_buf()),
-        }
+        let exe = Path::new(PG_BIN).join("postgres");
+        crate::Kept::of(
+            "postgres",
+            self.child.as_ref(),
+            exe,
+            libc::SIGINT,
+            self.dir.path(),
+        )
     }
 
     /// Leaves the server running after this handle is gone (the demo's
     /// `--keep`), with its directory: stop it with [`crate::Kept::stop`].
     pub fn keep(mut self) -> crate::Kept {
         let kept = self.record();
-        self.child = None;
-        let dir = std::mem::replace(
-            &mut self.dir,
-            tempfile::tempdir().expect("placeholder tempdir"),
-        );
-        let _ = dir.keep();
+        crate::Kept::release(&mut self.child, &mut self.dir);
         kept
     }
 }

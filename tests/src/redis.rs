@@ -320,26 +320,25 @@ impl RedisServer {
 impl RedisServer {
     /// What it takes to stop this server later by pid (see [`crate::Kept`]).
     pub fn record(&self) -> crate::Kept {
-        let pid = self.child.as_ref().map_or(0, |c| c.id());
-        crate::Kept {
-            what: "redis-server".into(),
-            pid,
-            exe: std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default(),
-            stop_signal: libc::SIGTERM,
-            dir: Some(self.dir.path().to_path_buf()),
-        }
+        let exe = std::fs::read_link(format!(
+            "/proc/{}/exe",
+            self.child.as_ref().map_or(0, |c| c.id())
+        ))
+        .unwrap_or_default();
+        crate::Kept::of(
+            "redis-server",
+            self.child.as_ref(),
+            exe,
+            libc::SIGTERM,
+            self.dir.path(),
+        )
     }
 
     /// Leaves the server running after this handle is gone (the demo's
     /// `--keep`), with its directory: stop it with [`crate::Kept::stop`].
     pub fn keep(mut self) -> crate::Kept {
         let kept = self.record();
-        self.child = None;
-        let dir = std::mem::replace(
-            &mut self.dir,
-            tempfile::tempdir().expect("placeholder tempdir"),
-        );
-        let _ = dir.keep();
+        crate::Kept::release(&mut self.child, &mut self.dir);
         kept
     }
 }
