@@ -477,7 +477,7 @@ fn fill(dir: &Path) -> PathBuf {
 
 fn try_session(d: &Daemon, port: u16) -> String {
     let code = format!(
-        "import socket\ns=socket.socket()\ns.settimeout(5)\ns.connect(('127.0.0.1',{port}))\ntry:\n  d=s.recv(64)\n  print('data' if d else 'eof')\nexcept ConnectionResetError:\n  print('reset')"
+        "import socket\ns=socket.socket()\ns.settimeout(30)\ns.connect(('127.0.0.1',{port}))\ntry:\n  d=s.recv(64)\n  print('data' if d else 'eof')\nexcept ConnectionResetError:\n  print('reset')"
     );
     let out = d.exec(&[PYTHON, "-c", &code]).output().expect("client");
     String::from_utf8_lossy(&out.stdout).trim().to_string()

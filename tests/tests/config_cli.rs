@@ -143,7 +143,7 @@ fn broken_configs_get_file_line_and_hint_and_run_refuses_them() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(s) = child.try_wait().expect("wait") {
                 break s;
