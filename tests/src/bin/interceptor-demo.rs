@@ -291,6 +291,9 @@ fn demo(args: &Args) -> Result<(), String> {
     }
 
     section("The audit trail");
+    // A client can exit before the daemon has journaled its session's end,
+    // and a flush carries sessions still open over to the next roll.
+    wait_sessions_closed(&args.config)?;
     println!("$ interceptor audit flush   (journal -> Parquet now, instead of every 60 s)");
     let out = interceptor(&["audit", "flush", "--config"], &args.config)?;
     print_indented(&out);
@@ -673,6 +676,23 @@ fn interceptor(args: &[&str], config: &Path) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits (up to 30 s) until `interceptor status` shows no session open.
+fn wait_sessions_closed(config: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = interceptor(&["status", "--json", "--config"], config)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&status).map_err(|e| format!("status --json: {e}"))?;
+        if v["daemon"]["sessions_active"] == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("sessions still open after 30 s: {status}"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The cgroup directory the daemon made from a relative `daemon.cgroup`
