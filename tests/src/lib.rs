@@ -172,6 +172,19 @@ impl Kept {
     }
 }
 
+/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
+/// with `what()`. For waiting on the state a test reads, never on a time.
+pub fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The cgroup v2 mount, found the way the daemon finds it.
 fn cgroup2_mount() -> PathBuf {
     interceptor::redirect::cgroup::cgroup2_mount().expect("a cgroup v2 mount")
@@ -545,11 +558,23 @@ impl Daemon {
             .collect()
     }
 
+    /// Waits (up to 30 s) until the daemon has no session open. A client
+    /// can see the end of its session, and exit, before the daemon has
+    /// journaled the close; and a flush carries open sessions over instead
+    /// of writing them to Parquet.
+    pub fn wait_sessions_closed(&self) {
+        wait_for(
+            || format!("sessions still open: {}\n{}", self.status(), self.log_text()),
+            || (self.status()["daemon"]["sessions_active"] == 0).then_some(()),
+        );
+    }
+
     /// The daemon log says each thing once, and agrees with the audit
     /// trail: one `session opened` and at most one `session closed` line per
     /// session, and one `command denied` line per denied event (naming its
     /// rule). Flushes the journal first; call it after the clients are done.
     pub fn assert_log_lines_once(&self) {
+        self.wait_sessions_closed();
         self.flush();
         let sessions = self.audit_rows("sessions", &[]);
         let events: Vec<Value> = self
