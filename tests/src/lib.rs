@@ -564,7 +564,13 @@ impl Daemon {
     /// of writing them to Parquet.
     pub fn wait_sessions_closed(&self) {
         wait_for(
-            || format!("sessions still open: {}\n{}", self.status(), self.log_text()),
+            || {
+                format!(
+                    "sessions still open: {}\n{}",
+                    self.status(),
+                    self.log_text()
+                )
+            },
             || (self.status()["daemon"]["sessions_active"] == 0).then_some(()),
         );
     }
