@@ -11,7 +11,6 @@ use std::{
     process::Command,
     sync::{Arc, Mutex},
     thread,
-    time::{Duration, Instant},
 };
 
 use interceptor_tests::*;
@@ -39,29 +38,6 @@ fn token_server() -> (u16, Arc<Mutex<Vec<String>>>) {
         }
     });
     (port, seen)
-}
-
-/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
-/// with `what()`.
-fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until the daemon has no session open. A client can see the end of
-/// its session (and exit) before the daemon has journaled the close, and a
-/// flush carries open sessions over instead of writing them to Parquet.
-fn wait_sessions_closed(d: &Daemon) {
-    wait_for(
-        || format!("sessions still open: {}\n{}", d.status(), d.log_text()),
-        || (d.status()["daemon"]["sessions_active"] == 0).then_some(()),
-    );
 }
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
@@ -116,7 +92,7 @@ fn duckdb_and_pyarrow_read_the_dataset_with_the_designed_schema() {
         "1000",
     ]);
     assert!(results.iter().all(went_through_proxy));
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     let msg = d.flush();
     assert!(msg.contains("5 sessions"), "{msg}");
     let audit = d.audit_dir();
@@ -284,7 +260,7 @@ fn kill9_during_a_stream_of_sessions_loses_and_duplicates_nothing() {
     assert!(out.status.success(), "loop: {out:?}");
     let counts: Value = serde_json::from_slice(&out.stdout).expect("counts");
     assert!(counts["ok"].as_u64().unwrap_or(0) > 50, "{counts}");
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     d.flush();
 
     let sessions = d.audit_rows("sessions", &[]);
@@ -381,7 +357,7 @@ fn a_torn_or_flipped_journal_is_reported_and_every_intact_record_kept() {
     for _ in 0..6 {
         assert!(went_through_proxy(&d.client(&["--port", &port])[0]));
     }
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     d.kill9();
     let seg = biggest_segment(&d.state_dir());
     let len = fs::metadata(&seg).expect("segment").len();
@@ -417,7 +393,7 @@ fn a_torn_or_flipped_journal_is_reported_and_every_intact_record_kept() {
     for _ in 0..6 {
         assert!(went_through_proxy(&d.client(&["--port", &port])[0]));
     }
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     d.kill9();
     let seg = biggest_segment(&d.state_dir());
     let mut bytes = fs::read(&seg).expect("segment");
@@ -499,7 +475,7 @@ fn a_full_filesystem_blocks_commands_and_the_daemon_recovers() {
     d.spawn();
     assert_eq!(try_session(&d, echo.port), "data");
     // Its close is journaled before the filesystem fills up.
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     let filler = fill(&d.state_dir());
     let accepted = echo.accepted();
     let mut refused = 0;
@@ -525,7 +501,7 @@ fn a_full_filesystem_blocks_commands_and_the_daemon_recovers() {
         "the daemon did not recover once space returned"
     );
     assert_eq!(d.status()["daemon"]["audit"]["recorder"]["failing"], false);
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     d.flush();
     let sessions = d.audit_rows("sessions", &[]);
     assert!(
@@ -581,7 +557,7 @@ fn no_secret_reaches_the_parquet_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     d.flush();
     let secrets = [
         "hunter2-url-secret",
@@ -645,11 +621,11 @@ fn a_client_that_vanishes_mid_session_is_recorded_with_its_bytes() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The daemon notices the reset, closes the session and keeps serving.
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     assert!(went_through_proxy(
         &d.client(&["--port", &echo.port.to_string()])[0]
     ));
-    wait_sessions_closed(&d);
+    d.wait_sessions_closed();
     d.flush();
     let sessions = d.audit_rows("sessions", &[]);
     assert_eq!(sessions.len(), 2, "{sessions:?}");

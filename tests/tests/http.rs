@@ -8,14 +8,12 @@
 use std::{
     path::PathBuf,
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 use interceptor_tests::{
     bao::{bao_bin, BaoServer, ROOT_TOKEN},
-    expect_success as ok, files_under, output_text as text, require_root, workspace_root, Daemon,
-    TestCgroup,
+    expect_success as ok, files_under, output_text as text, require_root, wait_for, workspace_root,
+    Daemon, TestCgroup,
 };
 use serde_json::{json, Value};
 
@@ -140,38 +138,15 @@ fn hvac(d: &Daemon, c: &Client, args: &[&str]) -> Value {
     json_of(&ok(out, "http_client.py", d))
 }
 
-/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
-/// with `what()`.
-fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until the daemon has no session open. A client can have its last
-/// response (and exit) before the daemon has journaled the request's
-/// outcome and the session's close, and a flush carries open sessions over.
-fn wait_sessions_closed(d: &Daemon) {
-    wait_for(
-        || format!("sessions still open: {}\n{}", d.status(), d.log_text()),
-        || (d.status()["daemon"]["sessions_active"] == 0).then_some(()),
-    );
-}
-
 /// Events of the vault store once every session has ended.
 fn events(d: &Daemon) -> Vec<Value> {
-    wait_sessions_closed(d);
+    d.wait_sessions_closed();
     d.flushed_rows("events", "vault")
 }
 
 /// Sessions of the vault store once every session has ended.
 fn sessions(d: &Daemon) -> Vec<Value> {
-    wait_sessions_closed(d);
+    d.wait_sessions_closed();
     d.flushed_rows("sessions", "vault")
 }
 
@@ -669,7 +644,6 @@ fn audit_events_carry_method_path_status_decision_and_no_tokens() {
             .any(|p| p.extension().is_some_and(|e| e == "parquet")),
         "parquet files written"
     );
-    wait_sessions_closed(&d);
     d.assert_log_lines_once();
 }
 

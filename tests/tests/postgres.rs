@@ -7,14 +7,12 @@
 use std::{
     path::PathBuf,
     process::{Command, Output, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 use interceptor_tests::{
     expect_success as ok, files_under as walk, output_text as text,
     pg::{Auth, PgOptions, PgServer, DATABASE, SUPERUSER},
-    require_root, workspace_root, Daemon, TestCgroup,
+    require_root, wait_for, workspace_root, Daemon, TestCgroup,
 };
 use serde_json::Value;
 
@@ -86,38 +84,15 @@ fn psycopg(d: &Daemon, pg: &PgServer, dsn: &str, args: &[&str]) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
 }
 
-/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
-/// with `what()`.
-fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until the daemon has no session open. A client can have its last
-/// reply (and exit) before the daemon has journaled the outcome and the
-/// session's close, and a flush carries open sessions over.
-fn wait_sessions_closed(d: &Daemon) {
-    wait_for(
-        || format!("sessions still open: {}\n{}", d.status(), d.log_text()),
-        || (d.status()["daemon"]["sessions_active"] == 0).then_some(()),
-    );
-}
-
 /// Sessions of this daemon as the audit trail has them (once every session
 /// has ended, after a flush).
 fn sessions(d: &Daemon) -> Vec<Value> {
-    wait_sessions_closed(d);
+    d.wait_sessions_closed();
     d.flushed_rows("sessions", "postgres")
 }
 
 fn events(d: &Daemon) -> Vec<Value> {
-    wait_sessions_closed(d);
+    d.wait_sessions_closed();
     d.flushed_rows("events", "postgres")
 }
 
@@ -867,7 +842,6 @@ fn every_statement_is_one_audit_event_without_literals() {
             path.display()
         );
     }
-    wait_sessions_closed(&d);
     d.assert_log_lines_once();
 }
 

@@ -8,24 +8,10 @@ use std::{
     fs,
     io::{Read, Write},
     process::Command,
-    thread,
     time::{Duration, Instant},
 };
 
 use interceptor_tests::*;
-
-/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
-/// with `what()`.
-fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Connections waiting in the accept queue of the listener on
 /// 127.0.0.1:`port` (the rx_queue of a listening socket in /proc/net/tcp).

@@ -7,8 +7,6 @@
 use std::{
     path::{Path, PathBuf},
     process::{Output, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 use interceptor_tests::{
@@ -16,7 +14,7 @@ use interceptor_tests::{
     redis::{
         RedisOptions, RedisServer, AWS_KEY, CREDS_PASS, CREDS_USER, GREETING, SECRET_API, SECRET_DB,
     },
-    require_root, workspace_root, Daemon, TestCgroup,
+    require_root, wait_for, workspace_root, Daemon, TestCgroup,
 };
 use serde_json::Value;
 
@@ -143,29 +141,6 @@ fn py(d: &Daemon, server: &RedisServer, via: &Via, scenario: &str, resp: &str) -
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
 }
 
-/// Polls `probe` every 20 ms until it yields a value; after 30 s panics
-/// with `what()`.
-fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within 30 s: {}", what());
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until the daemon has no session open. A client can have its last
-/// reply (and exit) before the daemon has journaled the outcome and the
-/// session's close, and a flush carries open sessions over.
-fn wait_sessions_closed(d: &Daemon) {
-    wait_for(
-        || format!("sessions still open: {}\n{}", d.status(), d.log_text()),
-        || (d.status()["daemon"]["sessions_active"] == 0).then_some(()),
-    );
-}
-
 /// Waits until `file` exists (a client's sign that it got that far);
 /// panics early if `child` exits first.
 fn wait_for_file(file: &Path, child: &mut std::process::Child, d: &Daemon) {
@@ -185,12 +160,12 @@ fn wait_for_file(file: &Path, child: &mut std::process::Child, d: &Daemon) {
 }
 
 fn events(d: &Daemon) -> Vec<Value> {
-    wait_sessions_closed(d);
+    d.wait_sessions_closed();
     d.flushed_rows("events", "redis")
 }
 
 fn sessions(d: &Daemon) -> Vec<Value> {
-    wait_sessions_closed(d);
+    d.wait_sessions_closed();
     d.flushed_rows("sessions", "redis")
 }
 
@@ -379,7 +354,6 @@ fn redis_cli_and_redis_py_with_requirepass_masked_denied_and_audited() {
             password, SECRET_DB, SECRET_API, CREDS_USER, CREDS_PASS, AWS_KEY,
         ],
     );
-    wait_sessions_closed(&d);
     d.assert_log_lines_once();
 }
 
