@@ -67,10 +67,12 @@ def hvac_read(path):
 QUERY = """
 SELECT strftime(e.ts, '%H:%M:%S')        AS time,
        s.ci_job                           AS ci_job,
+       s.uid                              AS uid,
        s.comm || ' ' || s.pid             AS process,
        e.store                            AS store,
        e.command                          AS command,
        e.statement                        AS statement,
+       e.target                           AS target,
        e.decision                         AS decision,
        coalesce(e.rule, '')               AS rule,
        e.masked_values                    AS masked
@@ -94,7 +96,7 @@ def audit(audit_dir, since_us):
     rows = [["" if v is None else str(v) for v in row] for row in rel.fetchall()]
     if not rows:
         raise SystemExit("the audit trail has no events for this run")
-    limit = {"statement": 38, "ci_job": 32, "command": 26}
+    limit = {"statement": 34, "ci_job": 32, "command": 24, "target": 24}
     for row in rows:
         for i, name in enumerate(header):
             n = limit.get(name)
