@@ -213,17 +213,7 @@ impl BaoServer {
 
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling the server process this harness started.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::stop_child(&mut child, libc::SIGTERM, Duration::from_secs(5));
         }
     }
 }

@@ -172,6 +172,23 @@ impl Kept {
     }
 }
 
+/// Sends `signal` to a child the harness started, gives it `grace` to
+/// exit, then SIGKILLs it; always reaps it.
+pub fn stop_child(child: &mut Child, signal: i32, grace: Duration) {
+    // SAFETY: kill(2) of a process this harness (or the demo, or the bench)
+    // spawned and has not reaped yet, so its pid cannot have been reused.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Polls `probe` every 20 ms until it yields a value; after 30 s panics
 /// with `what()`. For waiting on the state a test reads, never on a time.
 pub fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {

@@ -652,20 +652,9 @@ impl PgServer {
 
     /// Immediate shutdown (SIGQUIT) of the postmaster this harness started.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: signalling the postmaster process this harness spawned.
-        unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take() {
+            crate::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(10));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

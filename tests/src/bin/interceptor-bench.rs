@@ -837,20 +837,7 @@ mod pgbench {
         }
     }
 
-    /// SIGTERM/SIGQUIT, a few seconds' grace, then SIGKILL; reaps the child.
-    fn stop(child: &mut Child, signal: i32, grace: Duration) {
-        // SAFETY: signalling a process this benchmark spawned.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    use interceptor_tests::stop_child as stop;
 
     /// A PostgreSQL server with a pgbench database, started for this run.
     struct Postgres {

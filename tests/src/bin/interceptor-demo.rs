@@ -34,7 +34,7 @@ use interceptor_tests::{
     bin,
     pg::{literal, Auth, PgOptions, PgServer, DATABASE, USERS_ROWS},
     redis::{RedisOptions, RedisServer, SECRET_API, SECRET_DB},
-    workspace_root, Kept,
+    stop_child, workspace_root, Kept,
 };
 use serde::{Deserialize, Serialize};
 
@@ -777,17 +777,7 @@ impl DemoDaemon {
     /// then `interceptor detach`.
     fn stop(&mut self, config: &Path) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling the daemon process the demo started.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_child(&mut child, libc::SIGTERM, Duration::from_secs(30));
         }
         let _ = Command::new(bin())
             .args(["detach", "--config"])
