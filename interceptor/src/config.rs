@@ -535,6 +535,9 @@ pub struct SqlMatch {
     pub relations: Option<Vec<String>>,
     pub unparsable: Option<bool>,
     pub without_where: Option<Vec<String>>,
+    /// Configuration parameters (globs) that `SET` and `set_config` must not
+    /// change: `role`, `session_authorization`, `app.*`.
+    pub settings: Option<Vec<String>>,
 }
 
 /// Redis commands, upper-cased (`CONFIG SET`, `EVAL*`).
@@ -961,6 +964,7 @@ struct RawSql {
     relations: StrList,
     unparsable: Option<bool>,
     without_where: StrList,
+    settings: StrList,
 }
 
 #[derive(Deserialize)]
@@ -1746,12 +1750,28 @@ fn validate_sql(src: &Source<'_>, raw: &RawSql) -> Result<SqlMatch, ConfigError>
             ))
         }
     })?;
+    let settings = list(src, "settings", &raw.settings, |s| {
+        let v = s.get_ref().trim().to_ascii_lowercase();
+        if v.is_empty()
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*'))
+        {
+            return Err(src.at(
+                s,
+                format!("`{}` is not a setting name", s.get_ref()),
+                "settings are configuration parameter names (globs allowed), e.g. \"role\", \"session_authorization\", \"app.*\"",
+            ));
+        }
+        Ok(v)
+    })?;
     Ok(SqlMatch {
         statements,
         functions: list(src, "functions", &raw.functions, as_is)?,
         relations: list(src, "relations", &raw.relations, as_is)?,
         unparsable: raw.unparsable,
         without_where,
+        settings,
     })
 }
 

@@ -355,6 +355,63 @@ pub fn tcp_store(name: &str, targets: &[String]) -> Store {
     }
 }
 
+/// `policies/default.toml` as shipped (every rule and mask), with the
+/// daemon's cgroup, listener, state, control socket and bpffs moved to a
+/// test's own, and each store's targets replaced: `targets` maps a store
+/// name to the address a test's server listens on; stores not named get an
+/// address nothing listens on. The audit journal is rolled only on flush.
+pub fn default_policy_text(
+    cgroup: &str,
+    listen_port: u16,
+    bpffs: &Path,
+    dir: &Path,
+    targets: &[(&str, String)],
+) -> String {
+    let path = workspace_root().join("policies/default.toml");
+    let text = fs::read_to_string(&path).expect("read policies/default.toml");
+    let mut v: toml::Table = toml::from_str(&text).expect("policies/default.toml is TOML");
+    let table = |v: &mut toml::Table, key: &str| -> toml::Table {
+        v.get(key)
+            .and_then(|t| t.as_table())
+            .cloned()
+            .unwrap_or_else(|| panic!("policies/default.toml has no [{key}]"))
+    };
+    let mut daemon = table(&mut v, "daemon");
+    for (key, value) in [
+        ("cgroup", cgroup.to_string()),
+        ("listen", format!("127.0.0.1:{listen_port}")),
+        ("state_dir", dir.join("state").display().to_string()),
+        (
+            "control_socket",
+            dir.join("control.sock").display().to_string(),
+        ),
+        ("bpffs", bpffs.display().to_string()),
+    ] {
+        daemon.insert(key.into(), toml::Value::String(value));
+    }
+    v.insert("daemon".into(), toml::Value::Table(daemon));
+    let mut audit = table(&mut v, "audit");
+    audit.insert("flush_interval".into(), toml::Value::String("1h".into()));
+    v.insert("audit".into(), toml::Value::Table(audit));
+    let stores = v
+        .get_mut("store")
+        .and_then(|s| s.as_array_mut())
+        .expect("policies/default.toml has [[store]]s");
+    for (i, store) in stores.iter_mut().enumerate() {
+        let t = store.as_table_mut().expect("a [[store]] is a table");
+        let name = t.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+        let target = targets
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or_else(|| format!("127.0.0.1:{}", i + 1), |(_, a)| a.clone());
+        t.insert(
+            "targets".into(),
+            toml::Value::Array(vec![toml::Value::String(target)]),
+        );
+    }
+    toml::to_string(&v).expect("serialize the config")
+}
+
 /// A real `interceptor run` process with its own config, listener port,
 /// bpffs directory and control socket. Dropping it kills the daemon and
 /// detaches its pins.
@@ -431,6 +488,22 @@ impl Daemon {
             bpffs,
             starts: 0,
         }
+    }
+
+    /// A daemon with [`default_policy_text`] (policies/default.toml, every
+    /// rule and mask) serving `targets`; started.
+    pub fn with_default_policy(
+        name: &str,
+        cgroup: &TestCgroup,
+        listen_port: u16,
+        targets: &[(&str, String)],
+    ) -> Self {
+        let mut d = Self::prepare(name, cgroup, listen_port, &[], "");
+        let cgroup = cgroup.path.display().to_string();
+        let text = default_policy_text(&cgroup, listen_port, &d.bpffs, d.dir.path(), targets);
+        fs::write(&d.config, text).expect("write config");
+        d.spawn();
+        d
     }
 
     /// `daemon.state_dir` of this daemon.

@@ -12,46 +12,27 @@ use std::{
     process::{Command, Output},
 };
 
-use interceptor_tests::{output_text, redis::free_port, require_root, workspace_root};
+use interceptor_tests::{default_policy_text, output_text, redis::free_port, require_root};
 
 const DRIVER: &str = env!("CARGO_BIN_EXE_interceptor-demo");
 
 /// policies/default.toml with its daemon paths, listener and store ports
 /// moved into this test's own.
 fn config(dir: &Path, name: &str, listen: u16) -> PathBuf {
-    let text = fs::read_to_string(workspace_root().join("policies/default.toml"))
-        .expect("read policies/default.toml");
-    let mut v: toml::Table = toml::from_str(&text).expect("policies/default.toml is TOML");
-    let daemon = v
-        .get_mut("daemon")
-        .and_then(|d| d.as_table_mut())
-        .expect("[daemon]");
     let id = format!("interceptor-test-{name}-{}", std::process::id());
-    for (key, value) in [
-        ("cgroup", id.clone()),
-        ("listen", format!("127.0.0.1:{listen}")),
-        ("state_dir", dir.join("state").display().to_string()),
-        (
-            "control_socket",
-            dir.join("control.sock").display().to_string(),
-        ),
-        ("bpffs", format!("/sys/fs/bpf/{id}")),
-    ] {
-        daemon.insert(key.into(), toml::Value::String(value));
-    }
-    let stores = v
-        .get_mut("store")
-        .and_then(|s| s.as_array_mut())
-        .expect("[[store]]");
-    for store in stores {
-        let t = store.as_table_mut().expect("store table");
-        t.insert(
-            "targets".into(),
-            toml::Value::Array(vec![toml::Value::String(format!("*:{}", free_port()))]),
-        );
-    }
+    let targets: Vec<(&str, String)> = ["postgres", "redis", "vault"]
+        .into_iter()
+        .map(|store| (store, format!("*:{}", free_port())))
+        .collect();
+    let text = default_policy_text(
+        &id,
+        listen,
+        Path::new(&format!("/sys/fs/bpf/{id}")),
+        dir,
+        &targets,
+    );
     let path = dir.join("interceptor.toml");
-    fs::write(&path, toml::to_string(&v).expect("serialize")).expect("write config");
+    fs::write(&path, text).expect("write config");
     path
 }
 

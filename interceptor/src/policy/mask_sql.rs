@@ -635,13 +635,15 @@ const TEXT_SQL_FUNCTIONS: &[&str] = &[
 ];
 
 /// Views and catalogs that show column statistics: most common values and
-/// histogram bounds are samples of the column's values.
+/// histogram bounds are samples of the column's values. Not
+/// `pg_statistic_ext`: it holds only the definitions of extended statistics
+/// (name, columns, kinds), which `psql \d` and `pg_dump` read; their
+/// sampled values are in `pg_statistic_ext_data`.
 const STATISTICS_RELATIONS: &[&str] = &[
     "pg_stats",
     "pg_stats_ext",
     "pg_stats_ext_exprs",
     "pg_statistic",
-    "pg_statistic_ext",
     "pg_statistic_ext_data",
 ];
 

@@ -43,6 +43,8 @@ mod tests {
             "SET ROLE postgres",
             "SET SESSION AUTHORIZATION postgres",
             "SELECT set_config('role', 'postgres', false)",
+            "SELECT pg_catalog.set_config('session_authorization', 'postgres', false)",
+            "SELECT set_config(name, 'postgres', false) FROM pg_settings",
             "SELEC 1",
             "DELETE FROM users",
             "PREPARE p AS DELETE FROM users",
@@ -60,6 +62,13 @@ mod tests {
             "BEGIN; SELECT 1; COMMIT",
             "COPY users (id, name) FROM STDIN",
             "COPY users (id, name) TO STDOUT",
+            // pg_dump and pg_restore, Django, row-level security tenants.
+            "SELECT pg_catalog.set_config('search_path', '', false)",
+            "SELECT set_config('TimeZone', 'UTC', false)",
+            "SELECT set_config('app.tenant_id', '42', true)",
+            // Session-local objects are not schema changes.
+            "CREATE TEMP TABLE scratch (id int) ON COMMIT DROP",
+            "CREATE TEMPORARY VIEW recent AS SELECT id FROM users",
         ] {
             assert!(
                 !denied(sql),

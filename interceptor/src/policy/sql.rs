@@ -1,7 +1,7 @@
 //! SQL analysis and the SQL part of rule matching.
 //!
-//! A `[[rule]]` with `sql = { statements, functions, relations, unparsable,
-//! without_where }` is a denylist, so the analyzer errs on the side of
+//! A `[[rule]]` with `sql = { statements, functions, relations, settings,
+//! unparsable, without_where }` is a denylist, so the analyzer errs on the side of
 //! *seeing too much*: every function call and every relation anywhere in a
 //! statement (select list, WHERE, CTEs, subqueries, defaults, RETURNING,
 //! table functions, CALL, the body of PREPARE and EXPLAIN) is reported, under
@@ -79,10 +79,20 @@ pub struct StatementInfo {
     /// `PREPARE name AS <stmt>`: the kind of `<stmt>`. Its functions,
     /// relations and missing WHEREs are merged into this statement.
     pub prepare_body_kind: Option<String>,
+    /// Run-time configuration parameters the statement changes, lower-cased:
+    /// `SET name ...` (`role` and `session_authorization` for SET ROLE and
+    /// SET SESSION AUTHORIZATION) and every `set_config('name', ...)` call.
+    /// [`UNKNOWN_SETTING`] when a `set_config` names its setting with
+    /// anything but a string literal: it could be any of them.
+    pub settings: Vec<String>,
     /// The parser error when this statement does not parse; then only
     /// `kind` is known.
     pub error: Option<String>,
 }
+
+/// In [`StatementInfo::settings`]: a setting whose name is computed at run
+/// time. Every `settings` rule matches it (fail closed).
+pub const UNKNOWN_SETTING: &str = "?";
 
 /// Analyzes SQL text as PostgreSQL would receive it in a simple Query or a
 /// Parse message. Never panics; empty text gives zero statements.
@@ -413,11 +423,22 @@ fn kind_from_words(words: &[Word], has_program: bool) -> String {
         "create" | "drop" | "alter" => {
             let mut kind = first.value.clone();
             let mut i = 0;
+            let mut temporary = false;
             while rest
                 .get(i)
                 .is_some_and(|w| !w.quoted && DDL_MODIFIERS.contains(&w.value.as_str()))
             {
+                temporary |= matches!(rest[i].value.as_str(), "temp" | "temporary");
                 i += 1;
+            }
+            // Session-local objects: `create temporary table|view|sequence`.
+            if first.value == "create"
+                && temporary
+                && rest.get(i).is_some_and(|w| {
+                    !w.quoted && matches!(w.value.as_str(), "table" | "view" | "sequence")
+                })
+            {
+                return format!("create temporary {}", rest[i].value);
             }
             // Object types are one word, or a prefix word and more
             // (`materialized view`, `foreign data wrapper`), so that a table
@@ -534,7 +555,41 @@ fn analyze_statement(statement: &Statement, token_kind: &str) -> StatementInfo {
     info.data_modifying_cte = collector.data_modifying_cte;
     info.copy_program = collector.copy_program;
     info.copy_server_file = collector.copy_server_file;
+    info.settings = collector.settings.into_iter().collect();
     info
+}
+
+/// The name of the setting a `set_config(setting_name, new_value, is_local)`
+/// call changes: its first argument (or the one named `setting_name`) when
+/// that is a plain string literal, lower-cased as PostgreSQL looks GUCs up;
+/// [`UNKNOWN_SETTING`] otherwise.
+fn set_config_setting(f: &sqlparser::ast::Function) -> String {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+    let FunctionArguments::List(list) = &f.args else {
+        return UNKNOWN_SETTING.into();
+    };
+    let first = list.args.iter().enumerate().find_map(|(i, arg)| match arg {
+        FunctionArg::Unnamed(a) if i == 0 => Some(a),
+        FunctionArg::Named { name, arg, .. } if ident_text(name) == "setting_name" => Some(arg),
+        FunctionArg::ExprNamed {
+            name: Expr::Identifier(name),
+            arg,
+            ..
+        } if ident_text(name) == "setting_name" => Some(arg),
+        _ => None,
+    });
+    let literal = match first {
+        Some(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            Value::DollarQuotedString(d) => Some(d.value.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    literal
+        .map(|s| s.to_lowercase())
+        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+        .unwrap_or_else(|| UNKNOWN_SETTING.into())
 }
 
 /// Walks the whole AST once, collecting what policy matches on.
@@ -546,6 +601,7 @@ struct Collector {
     data_modifying_cte: bool,
     copy_program: bool,
     copy_server_file: bool,
+    settings: BTreeSet<String>,
     /// Names of table functions already recorded as functions; the visitor
     /// also offers them as relations, which they are not.
     table_functions: Vec<*const ObjectName>,
@@ -578,6 +634,13 @@ impl Visitor for Collector {
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if let Expr::Function(f) = expr {
             self.add_function(&f.name);
+            let last = f.name.0.last().map(|part| match part {
+                ObjectNamePart::Identifier(ident) => ident_text(ident),
+                other => other.to_string().to_lowercase(),
+            });
+            if last.as_deref() == Some("set_config") {
+                self.settings.insert(set_config_setting(f));
+            }
         }
         ControlFlow::Continue(())
     }
@@ -675,6 +738,36 @@ impl Visitor for Collector {
                 self.add_relation(&i.table_name);
             }
             Statement::CreateExtension(e) => self.add_ident_relation(&e.name),
+            Statement::Set(set) => {
+                use sqlparser::ast::Set;
+                match set {
+                    Set::SingleAssignment { variable, .. } => {
+                        self.settings
+                            .insert(object_name_text(variable).to_lowercase());
+                    }
+                    Set::ParenthesizedAssignments { variables, .. } => {
+                        for v in variables {
+                            self.settings.insert(object_name_text(v).to_lowercase());
+                        }
+                    }
+                    Set::MultipleAssignments { assignments } => {
+                        for a in assignments {
+                            self.settings
+                                .insert(object_name_text(&a.name).to_lowercase());
+                        }
+                    }
+                    Set::SetRole { .. } => {
+                        self.settings.insert("role".into());
+                    }
+                    Set::SetSessionAuthorization(_) => {
+                        self.settings.insert("session_authorization".into());
+                    }
+                    Set::SetTimeZone { .. } => {
+                        self.settings.insert("timezone".into());
+                    }
+                    _ => {}
+                }
+            }
             _ => {}
         }
         ControlFlow::Continue(())
@@ -781,6 +874,7 @@ pub struct SqlRule {
     relations: Vec<Glob>,
     unparsable: bool,
     without_where: Vec<String>,
+    settings: Vec<Glob>,
 }
 
 /// Why a rule matched: the statement (when one is to blame) and a reason
@@ -811,6 +905,7 @@ impl SqlRule {
             relations: globs(&m.relations),
             unparsable: m.unparsable.unwrap_or(false),
             without_where: lower(&m.without_where),
+            settings: globs(&m.settings),
         }
     }
 
@@ -837,6 +932,20 @@ impl SqlRule {
             for r in &s.relations {
                 if self.relations.iter().any(|g| g.matches(r)) {
                     return at(format!("uses relation {r}"));
+                }
+            }
+            if !self.settings.is_empty() {
+                for setting in &s.settings {
+                    if setting == UNKNOWN_SETTING {
+                        return at(
+                            "set_config with a setting name that is not a string literal \
+                             (it could change any setting)"
+                                .into(),
+                        );
+                    }
+                    if self.settings.iter().any(|g| g.matches(setting)) {
+                        return at(format!("changes the setting {setting}"));
+                    }
                 }
             }
             if let Some(u) = s
@@ -870,13 +979,17 @@ impl SqlRule {
 
 /// `alter` matches `alter system` (word-boundary prefix); `with` matches any
 /// statement that starts with a WITH clause; `prepare`'s body kind counts
-/// too, so `delete` catches `PREPARE p AS DELETE ...`.
+/// too, so `delete` catches `PREPARE p AS DELETE ...`. Session-local
+/// objects (`create temporary table|view|sequence`, gone when the session
+/// ends) are not schema changes: only an entry that says `temporary`
+/// matches them, not plain `create`.
 fn kind_matches(s: &StatementInfo, entry: &str) -> bool {
     let prefix = |kind: &str| {
-        kind == entry
+        let prefixed = kind == entry
             || kind
                 .strip_prefix(entry)
-                .is_some_and(|rest| rest.starts_with(' '))
+                .is_some_and(|rest| rest.starts_with(' '));
+        prefixed && (!kind.starts_with("create temporary ") || entry.contains("temporary"))
     };
     prefix(&s.kind)
         || (entry == "with" && s.with_clause)

@@ -494,6 +494,8 @@ const DENIED: &[&str] = &[
     "SELECT ts_stat('SELECT to_tsvector(password) FROM users')",
     "SELECT * FROM pg_stats WHERE attname = 'password'",
     "SELECT most_common_vals FROM pg_catalog.pg_stats",
+    "SELECT stxdmcv FROM pg_catalog.pg_statistic_ext_data",
+    "SELECT most_common_vals FROM pg_stats_ext",
     "CREATE FUNCTION f() RETURNS text AS $$ SELECT password FROM users LIMIT 1 $$ LANGUAGE sql",
     "CREATE FUNCTION f(u users) RETURNS text AS $$ SELECT u.password $$ LANGUAGE sql",
     "CREATE FUNCTION f() RETURNS text LANGUAGE sql RETURN (SELECT password FROM users LIMIT 1)",
@@ -524,6 +526,9 @@ const DENIED: &[&str] = &[
 
 /// Ordinary work: every one must be allowed, with the catalog and without it.
 const ALLOWED: &[&str] = &[
+    // psql's \d TABLE (and pg_dump) read the definitions of extended
+    // statistics, which hold no sampled values.
+    "SELECT oid, stxrelid::pg_catalog.regclass, stxnamespace::pg_catalog.regnamespace::pg_catalog.text AS nsp, stxname, pg_catalog.pg_get_statisticsobjdef_columns(oid) AS columns, 'd' = any(stxkind) AS ndist_enabled, 'f' = any(stxkind) AS deps_enabled, 'm' = any(stxkind) AS mcv_enabled, stxstattarget FROM pg_catalog.pg_statistic_ext WHERE stxrelid = '16384' ORDER BY nsp, stxname",
     "SELECT 1",
     "SELECT id, name FROM users",
     "SELECT name FROM users WHERE id = 1",

@@ -311,6 +311,7 @@ fn design_rule() -> SqlRule {
         relations: v(&["pg_authid"]),
         unparsable: Some(true),
         without_where: v(&["delete", "update"]),
+        settings: None,
     })
 }
 
@@ -425,4 +426,104 @@ fn parsed_statements_line_up_with_the_analysis() {
     assert_eq!(parsed.len(), 1);
     assert!(parsed[0].is_none());
     assert_eq!(analyze_parsed("").1.len(), 0);
+}
+
+/// The role rule of policies/default.toml: role changes by name, through
+/// SET or set_config, and set_config with a computed name; every other
+/// setting (pg_dump's search_path, Django's TimeZone, an RLS tenant id) is
+/// the job's own business.
+#[test]
+fn settings_are_decided_by_name_through_set_and_set_config() {
+    let rule = SqlRule::from_config(&SqlMatch {
+        settings: Some(vec!["role".into(), "session_authorization".into()]),
+        ..SqlMatch::default()
+    });
+    for sql in [
+        "SELECT set_config('role', 'admin', false)",
+        "SELECT pg_catalog.set_config('ROLE', 'admin', false)",
+        "SELECT \"pg_catalog\".\"set_config\"('session_authorization', 'postgres', true)",
+        "SELECT set_config($$role$$, 'admin', false)",
+        "SELECT set_config(setting_name => 'role', new_value => 'admin', is_local => false)",
+        "SELECT 1 FROM t WHERE set_config('role', 'admin', false) IS NOT NULL",
+        "SET role = admin",
+        "SET \"Role\" TO admin",
+        "SET SESSION AUTHORIZATION postgres",
+        "SET LOCAL ROLE admin",
+    ] {
+        let m = rule.matches(&analyze(sql));
+        assert!(
+            m.as_ref()
+                .is_some_and(|m| m.reason.contains("role") || m.reason.contains("authorization")),
+            "{sql}: {m:?}"
+        );
+    }
+    // A name the analyzer cannot read could be any setting: denied.
+    for sql in [
+        "SELECT set_config(name, 'admin', false) FROM pg_settings",
+        "SELECT set_config('ro' || 'le', 'admin', false)",
+        "SELECT set_config(E'\\x72ole', 'admin', false)",
+        "SELECT set_config('role'::text, 'admin', false)",
+        "SELECT set_config((SELECT 'role'), 'admin', false)",
+    ] {
+        let m = rule.matches(&analyze(sql));
+        assert!(
+            m.as_ref()
+                .is_some_and(|m| m.reason.contains("not a string literal")),
+            "{sql}: {m:?}"
+        );
+    }
+    for sql in [
+        "SELECT pg_catalog.set_config('search_path', '', false)",
+        "SELECT set_config('TimeZone', 'UTC', false)",
+        "SELECT set_config('app.tenant_id', '42', true)",
+        "SET search_path = public",
+        "SET TIME ZONE 'UTC'",
+        "SET LOCAL app.tenant_id = '42'",
+        "SET client_encoding TO 'UTF8'",
+        "RESET ALL",
+    ] {
+        assert_eq!(rule.matches(&analyze(sql)), None, "{sql}");
+    }
+    let info = &analyze("SELECT set_config('App.Tenant_Id', '1', true)").statements[0];
+    assert_eq!(info.settings, vec!["app.tenant_id".to_string()]);
+}
+
+#[test]
+fn temporary_objects_are_not_schema_changes() {
+    let rule = |stmts: &[&str]| {
+        SqlRule::from_config(&SqlMatch {
+            statements: Some(stmts.iter().map(|s| s.to_string()).collect()),
+            ..SqlMatch::default()
+        })
+    };
+    let hit = |r: &SqlRule, sql: &str| r.matches(&analyze(sql)).is_some();
+    let ddl = rule(&["create", "alter", "drop"]);
+    for sql in [
+        "CREATE TEMP TABLE t (id int)",
+        "CREATE TEMPORARY TABLE IF NOT EXISTS t (id int) ON COMMIT DROP",
+        "CREATE LOCAL TEMPORARY TABLE t AS SELECT 1 AS a",
+        "CREATE GLOBAL TEMP TABLE t (id int)",
+        "CREATE TEMP VIEW v AS SELECT 1",
+        "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+        "CREATE TEMP SEQUENCE s",
+        "CREATE UNLOGGED TEMP TABLE t (a int)",
+    ] {
+        assert_eq!(
+            analyze(sql).statements[0].kind.split(' ').nth(1),
+            Some("temporary"),
+            "{sql}"
+        );
+        assert!(!hit(&ddl, sql), "{sql}");
+        assert!(hit(&rule(&["create temporary"]), sql), "{sql}");
+    }
+    for sql in [
+        "CREATE TABLE t (id int)",
+        "CREATE UNLOGGED TABLE t (id int)",
+        "CREATE VIEW v AS SELECT 1",
+        "CREATE TEMP FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+        "CREATE TABLE \"temp\" (id int)",
+        "DROP TABLE tmp",
+    ] {
+        assert!(hit(&ddl, sql), "{sql}");
+    }
 }
