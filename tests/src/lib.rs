@@ -147,7 +147,7 @@ impl Kept {
     pub fn running(&self) -> bool {
         self.pid != 0
             && fs::read_link(format!("/proc/{}/exe", self.pid))
-                .is_ok_and(|exe| exe == self.exe || exe.file_name() == self.exe.file_name())
+                .is_ok_and(|exe| same_executable(&exe, &self.exe))
     }
 
     /// Signals it, waits up to 15 s for it to go (then SIGKILL), removes its directory.
@@ -199,6 +199,32 @@ pub fn wait_for<T>(what: impl Fn() -> String, mut probe: impl FnMut() -> Option<
         }
         assert!(Instant::now() < deadline, "not within 30 s: {}", what());
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `/proc/PID/exe` (`link`) is `exe`. A binary replaced since the
+/// process started (a rebuild) reads `PATH (deleted)`: still the same program.
+fn same_executable(link: &Path, exe: &Path) -> bool {
+    let link = link.to_string_lossy();
+    let link = Path::new(link.strip_suffix(" (deleted)").unwrap_or(&link));
+    link == exe || (link.file_name().is_some() && link.file_name() == exe.file_name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuilt_binary_is_still_the_same_executable() {
+        let exe = Path::new("/w/target/debug/interceptor");
+        assert!(same_executable(exe, exe));
+        assert!(same_executable(
+            Path::new("/w/target/debug/interceptor (deleted)"),
+            exe
+        ));
+        assert!(same_executable(Path::new("/other/interceptor"), exe));
+        assert!(!same_executable(Path::new("/usr/bin/sleep"), exe));
+        assert!(!same_executable(Path::new("/usr/bin/sleep (deleted)"), exe));
     }
 }
 
