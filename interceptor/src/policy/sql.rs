@@ -163,6 +163,7 @@ pub fn analyze_tokens(tokens: Vec<TokenWithSpan>) -> (Analysis, Vec<Option<State
     let mut analysis = Analysis::default();
     let mut asts = Vec::new();
     for piece in split_statements(tokens) {
+        let piece = unqualify_builtin_operators(piece);
         let token_kind = kind_from_tokens(&piece);
         let operators = operator_count(&piece);
         if operators > MAX_OPERATORS {
@@ -203,6 +204,74 @@ pub fn analyze_tokens(tokens: Vec<TokenWithSpan>) -> (Analysis, Vec<Option<State
         }
     }
     (analysis, asts)
+}
+
+/// `OPERATOR(pg_catalog.~)` becomes `~`: the explicit spelling of a
+/// built-in operator (pg_dump and psql write it so that a user's search_path
+/// cannot divert it), which sqlparser does not read. Same meaning, so the
+/// rules and masks check the statement as the server runs it. An operator of
+/// any other schema may run any function: left alone, so the statement
+/// stays unparsable and is denied.
+fn unqualify_builtin_operators(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let is_space = |t: &TokenWithSpan| matches!(t.token, Token::Whitespace(_));
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        if let Some((op, next)) = builtin_operator_at(&tokens, i, is_space) {
+            out.extend(op.into_iter().cloned());
+            i = next;
+        } else {
+            out.push(tokens[i].clone());
+            i += 1;
+        }
+    }
+    out
+}
+
+/// At `i`, `OPERATOR ( pg_catalog . <operator tokens> )`: the operator's
+/// tokens and the index after the `)`.
+fn builtin_operator_at(
+    tokens: &[TokenWithSpan],
+    i: usize,
+    is_space: impl Fn(&TokenWithSpan) -> bool,
+) -> Option<(Vec<&TokenWithSpan>, usize)> {
+    let Token::Word(w) = &tokens[i].token else {
+        return None;
+    };
+    if w.quote_style.is_some() || !w.value.eq_ignore_ascii_case("operator") {
+        return None;
+    }
+    let mut rest = tokens[i + 1..]
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !is_space(t));
+    let mut expect =
+        |want: &dyn Fn(&Token) -> bool| rest.next().filter(|(_, t)| want(&t.token)).map(|(j, _)| j);
+    expect(&|t| *t == Token::LParen)?;
+    expect(&|t| match t {
+        Token::Word(w) => {
+            w.value.eq_ignore_ascii_case("pg_catalog")
+                && (w.quote_style.is_none() || w.value == "pg_catalog")
+        }
+        _ => false,
+    })?;
+    expect(&|t| *t == Token::Period)?;
+    let mut op = Vec::new();
+    for (j, t) in rest {
+        match &t.token {
+            Token::RParen if !op.is_empty() => return Some((op, i + 1 + j + 1)),
+            Token::Word(_)
+            | Token::Number(..)
+            | Token::LParen
+            | Token::RParen
+            | Token::Comma
+            | Token::SemiColon
+            | Token::EOF
+            | Token::SingleQuotedString(_) => return None,
+            _ => op.push(t),
+        }
+    }
+    None
 }
 
 /// Splits a token stream on top-level `;`, dropping pieces that hold only
@@ -559,14 +628,12 @@ fn analyze_statement(statement: &Statement, token_kind: &str) -> StatementInfo {
     info
 }
 
-/// The name of the setting a `set_config(setting_name, new_value, is_local)`
-/// call changes: its first argument (or the one named `setting_name`) when
-/// that is a plain string literal, lower-cased as PostgreSQL looks GUCs up;
-/// [`UNKNOWN_SETTING`] otherwise.
-fn set_config_setting(f: &sqlparser::ast::Function) -> String {
-    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+/// The setting-name argument of a `set_config(setting_name, new_value,
+/// is_local)` call: the first one, or the one named `setting_name`.
+fn set_config_name_arg(f: &sqlparser::ast::Function) -> Option<&Expr> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
     let FunctionArguments::List(list) = &f.args else {
-        return UNKNOWN_SETTING.into();
+        return None;
     };
     let first = list.args.iter().enumerate().find_map(|(i, arg)| match arg {
         FunctionArg::Unnamed(a) if i == 0 => Some(a),
@@ -578,18 +645,93 @@ fn set_config_setting(f: &sqlparser::ast::Function) -> String {
         } if ident_text(name) == "setting_name" => Some(arg),
         _ => None,
     });
-    let literal = match first {
-        Some(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
-            Value::SingleQuotedString(s) => Some(s.clone()),
-            Value::DollarQuotedString(d) => Some(d.value.clone()),
+    match first {
+        Some(FunctionArgExpr::Expr(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// A plain string literal (`'x'`, `$$x$$`).
+fn string_literal(e: &Expr) -> Option<&str> {
+    use sqlparser::ast::Value;
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s),
+            Value::DollarQuotedString(d) => Some(&d.value),
             _ => None,
         },
         _ => None,
-    };
-    literal
-        .map(|s| s.to_lowercase())
+    }
+}
+
+/// The setting a `set_config` call changes, lower-cased as PostgreSQL looks
+/// GUCs up: a string-literal name, or `fixed` (what the call's SELECT pins
+/// its column argument to, see [`pinned_set_config_names`]);
+/// [`UNKNOWN_SETTING`] otherwise.
+fn set_config_setting(f: &sqlparser::ast::Function, fixed: Option<&str>) -> String {
+    set_config_name_arg(f)
+        .and_then(string_literal)
+        .or(fixed)
+        .map(str::to_lowercase)
         .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
         .unwrap_or_else(|| UNKNOWN_SETTING.into())
+}
+
+/// `SELECT set_config(name, 'v', false) FROM pg_settings WHERE name = 'x'`
+/// (pg_dump since the CVE-2024-7348 fix): a select-list call whose name is
+/// a column that a top-level AND term of the same SELECT's WHERE pins to a
+/// literal. WHERE filters rows before the select list is computed, so the
+/// call only ever sees that literal. Keyed by the call's address.
+fn pinned_set_config_names(
+    select: &sqlparser::ast::Select,
+) -> Vec<(*const sqlparser::ast::Function, String)> {
+    use sqlparser::ast::{BinaryOperator, SelectItem};
+    let mut pins: Vec<(&Expr, &str)> = Vec::new();
+    let mut stack: Vec<&Expr> = select.selection.iter().collect();
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::Nested(inner) => stack.push(inner),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => stack.extend([left.as_ref(), right.as_ref()]),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => match (string_literal(left), string_literal(right)) {
+                (None, Some(lit)) => pins.push((left, lit)),
+                (Some(lit), None) => pins.push((right, lit)),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    let same_column = |a: &Expr, b: &Expr| match (a, b) {
+        (Expr::Identifier(x), Expr::Identifier(y)) => ident_text(x) == ident_text(y),
+        (Expr::CompoundIdentifier(x), Expr::CompoundIdentifier(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| ident_text(p) == ident_text(q))
+        }
+        _ => false,
+    };
+    select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::UnnamedExpr(Expr::Function(f))
+            | SelectItem::ExprWithAlias {
+                expr: Expr::Function(f),
+                ..
+            } => Some(f),
+            _ => None,
+        })
+        .filter_map(|f| {
+            let arg = set_config_name_arg(f)?;
+            let (_, lit) = pins.iter().find(|(col, _)| same_column(col, arg))?;
+            Some((f as *const _, lit.to_string()))
+        })
+        .collect()
 }
 
 /// Walks the whole AST once, collecting what policy matches on.
@@ -602,6 +744,8 @@ struct Collector {
     copy_program: bool,
     copy_server_file: bool,
     settings: BTreeSet<String>,
+    /// `set_config` calls whose setting name their SELECT's WHERE pins.
+    pinned_settings: Vec<(*const sqlparser::ast::Function, String)>,
     /// Names of table functions already recorded as functions; the visitor
     /// also offers them as relations, which they are not.
     table_functions: Vec<*const ObjectName>,
@@ -639,7 +783,12 @@ impl Visitor for Collector {
                 other => other.to_string().to_lowercase(),
             });
             if last.as_deref() == Some("set_config") {
-                self.settings.insert(set_config_setting(f));
+                let fixed = self
+                    .pinned_settings
+                    .iter()
+                    .find(|(p, _)| std::ptr::eq(*p, f))
+                    .map(|(_, name)| name.as_str());
+                self.settings.insert(set_config_setting(f, fixed));
             }
         }
         ControlFlow::Continue(())
@@ -674,6 +823,9 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_ref() {
+            self.pinned_settings.extend(pinned_set_config_names(select));
+        }
         if let Some(with) = &query.with {
             if with
                 .cte_tables

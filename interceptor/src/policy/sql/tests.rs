@@ -439,6 +439,7 @@ fn settings_are_decided_by_name_through_set_and_set_config() {
         ..SqlMatch::default()
     });
     for sql in [
+        "SELECT set_config(name, 'admin', false) FROM pg_settings WHERE name = 'role'",
         "SELECT set_config('role', 'admin', false)",
         "SELECT pg_catalog.set_config('ROLE', 'admin', false)",
         "SELECT \"pg_catalog\".\"set_config\"('session_authorization', 'postgres', true)",
@@ -464,6 +465,13 @@ fn settings_are_decided_by_name_through_set_and_set_config() {
         "SELECT set_config(E'\\x72ole', 'admin', false)",
         "SELECT set_config('role'::text, 'admin', false)",
         "SELECT set_config((SELECT 'role'), 'admin', false)",
+        // Not pinned by a top-level AND term of the call's own SELECT.
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'search_path' OR true",
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE NOT name = 'search_path'",
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE setting = 'search_path'",
+        "SELECT upper(set_config(name, 'x', false)) FROM pg_settings WHERE name = 'search_path'",
+        "SELECT (SELECT set_config(name, 'x', false)) FROM pg_settings WHERE name = 'search_path'",
+        "SELECT * FROM (SELECT set_config(name, 'x', false) FROM pg_settings) s WHERE name = 'search_path'",
     ] {
         let m = rule.matches(&analyze(sql));
         assert!(
@@ -476,6 +484,9 @@ fn settings_are_decided_by_name_through_set_and_set_config() {
         "SELECT pg_catalog.set_config('search_path', '', false)",
         "SELECT set_config('TimeZone', 'UTC', false)",
         "SELECT set_config('app.tenant_id', '42', true)",
+        // pg_dump 15.8+ (CVE-2024-7348 fix).
+        "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
+        "SELECT set_config(s.name, 'x', false) AS v FROM pg_settings s WHERE 'search_path' = s.name AND s.context = 'user'",
         "SET search_path = public",
         "SET TIME ZONE 'UTC'",
         "SET LOCAL app.tenant_id = '42'",
@@ -525,5 +536,35 @@ fn temporary_objects_are_not_schema_changes() {
         "DROP TABLE tmp",
     ] {
         assert!(hit(&ddl, sql), "{sql}");
+    }
+}
+
+/// pg_dump -t and psql \d write built-in operators as
+/// `OPERATOR(pg_catalog.op)`; they are checked like the bare operator.
+#[test]
+fn pg_catalog_operators_are_read_as_the_bare_operator() {
+    for sql in [
+        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relkind OPERATOR(pg_catalog.=) ANY (array['r', 'p'])",
+        "SELECT 1 FROM pg_class c WHERE c.relname OPERATOR(pg_catalog.~) '^(users)$' COLLATE pg_catalog.default",
+        "SELECT 1 WHERE 'a' OPERATOR( \"pg_catalog\" . ~~* ) 'A'",
+        "SELECT 2 OPERATOR(pg_catalog.+) 3",
+    ] {
+        let a = analyze(sql);
+        assert_eq!(a.unparsable, None, "{sql}");
+        assert_eq!(a.statements[0].kind, "select", "{sql}");
+    }
+    let a = analyze("SELECT password FROM users WHERE id OPERATOR(pg_catalog.=) 1");
+    assert_eq!(a.statements[0].relations, vec!["users".to_string()]);
+    // Only pg_catalog's operators are unqualified: another schema's (which
+    // may run any function) stays as written, where sqlparser can read it
+    // only as a custom operator, never as the built-in.
+    for sql in [
+        "SELECT 1 WHERE 'a' OPERATOR(public.~) 'b'",
+        "SELECT 1 WHERE 'a' OPERATOR(\"PG_CATALOG\".~) 'b'",
+        "SELECT 1 WHERE 'a' OPERATOR(pg_catalog.) 'b'",
+    ] {
+        let tokens = tokenize_sql(sql).expect("tokens");
+        let n = tokens.len();
+        assert_eq!(unqualify_builtin_operators(tokens).len(), n, "{sql}");
     }
 }
