@@ -10,6 +10,9 @@ Each scenario prints one JSON object on stdout.
                                    (X-Vault-Token, no body); otherwise AUTH is
                                    the client token and the wrapping token
                                    goes in the body ({"token": ...})
+  approle URL ROLE_ID SECRET_ID_FILE [CACERT]
+                                   hvac logs in with AppRole, then reads the
+                                   KV v2 secret at app with the token it got
   raw HOST PORT KIND               a malformed request of KIND; what came back
   slowloris HOST PORT              a request head trickled one header line every
                                    5 s; when and how the proxy ended it
@@ -50,6 +53,21 @@ def scenario_hvac_unwrap(url, wrap_token, auth, cacert=None):
     else:
         r = hvac_client(url, auth, cacert).sys.unwrap(token=wrap_token)
     print(json.dumps(r))
+
+
+def scenario_approle(url, role_id, secret_id_file, cacert=None):
+    """AppRole login as a CI job does it (the secret id from a file, not
+    the command line), then the token it got is used."""
+    import hvac
+
+    with open(secret_id_file) as f:
+        secret_id = f.read().strip()
+    c = hvac.Client(url=url, verify=cacert if cacert else True)
+    login = c.auth.approle.login(role_id=role_id, secret_id=secret_id)
+    token = login["auth"]["client_token"]
+    c.token = token
+    read = c.secrets.kv.v2.read_secret_version(path="app", mount_point="secret", raise_on_deleted_version=True)
+    print(json.dumps({"token": token, "read": read}))
 
 
 def malformed(kind):

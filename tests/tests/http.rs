@@ -541,6 +541,118 @@ fn response_wrapping_and_unwrap_are_masked() {
     }
 }
 
+/// The standard way a CI job authenticates: an AppRole (or JWT) login,
+/// then calls with the token it returned. The token reaches the job (a
+/// masked one would make every next call 403), and only its HMAC the audit
+/// trail; minting child tokens is denied by its own rule.
+#[test]
+fn approle_login_hands_the_job_its_token_and_child_tokens_are_a_rule_decision() {
+    require_root();
+    let bao = BaoServer::start(false);
+    put_app_secret(&bao);
+    for (method, path, body) in [
+        ("POST", "/v1/sys/auth/approle", json!({"type": "approle"})),
+        (
+            "PUT",
+            "/v1/sys/policies/acl/ci-read",
+            json!({"policy": "path \"secret/data/app\" { capabilities = [\"read\"] }"}),
+        ),
+        (
+            "POST",
+            "/v1/auth/approle/role/ci",
+            json!({"token_policies": ["ci-read"], "token_ttl": "10m"}),
+        ),
+    ] {
+        let v = bao.api(method, path, Some(&body), &[]);
+        assert!(v.get("errors").is_none(), "{path}: {v}");
+    }
+    let role_id = bao.api("GET", "/v1/auth/approle/role/ci/role-id", None, &[])["data"]["role_id"]
+        .as_str()
+        .expect("role_id")
+        .to_string();
+    let secret_id = bao.api("POST", "/v1/auth/approle/role/ci/secret-id", None, &[])["data"]
+        ["secret_id"]
+        .as_str()
+        .expect("secret_id")
+        .to_string();
+    let (_cg, d) = daemon("http-approle", 976, &bao);
+    let c = client(&d, &bao);
+
+    let secret_file = d.dir.path().join("secret-id");
+    std::fs::write(&secret_file, &secret_id).expect("write secret id");
+    let v = hvac(
+        &d,
+        &c,
+        &["approle", &role_id, secret_file.to_str().expect("utf-8")],
+    );
+    let token = v["token"].as_str().unwrap_or_default().to_string();
+    assert!(
+        token.len() > 20 && token != REDACTED,
+        "the job got its token: {v}"
+    );
+    assert_kv2_masked(&v["read"], "read with the AppRole token");
+
+    // bao, the same way.
+    let out = ok(
+        bao_cmd(
+            &d,
+            &c,
+            "",
+            &[
+                "write",
+                "-format=json",
+                "auth/approle/login",
+                &format!("role_id={role_id}"),
+                &format!("secret_id={secret_id}"),
+            ],
+        )
+        .output()
+        .expect("bao"),
+        "bao write auth/approle/login",
+        &d,
+    );
+    let login = json_of(&out);
+    let bao_token = login["auth"]["client_token"].as_str().unwrap_or_default();
+    assert!(bao_token.len() > 20 && bao_token != REDACTED, "{login}");
+    let out = ok(
+        bao_cmd(
+            &d,
+            &c,
+            bao_token,
+            &["kv", "get", "-format=json", "secret/app"],
+        )
+        .output()
+        .expect("bao"),
+        "bao kv get with the login token",
+        &d,
+    );
+    assert_kv2_masked(&json_of(&out), "bao kv get with the login token");
+
+    // Child tokens: denied by their rule, with its message.
+    let out = bao_cmd(&d, &c, ROOT_TOKEN, &["token", "create", "-format=json"])
+        .output()
+        .expect("bao");
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && t.contains("no-vault-child-tokens"),
+        "{t}"
+    );
+
+    // The tokens are in no audit file.
+    d.wait_sessions_closed();
+    d.flush();
+    for path in files_under(&d.state_dir()) {
+        let hay = String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into_owned();
+        for secret in [token.as_str(), bao_token, secret_id.as_str()] {
+            assert!(!hay.contains(secret), "{} holds {secret}", path.display());
+        }
+    }
+}
+
 #[test]
 fn audit_events_carry_method_path_status_decision_and_no_tokens() {
     require_root();

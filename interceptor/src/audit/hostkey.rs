@@ -275,6 +275,7 @@ fn redact_word(word: &str, key: &HostKey) -> String {
         "passwd=",
         "token=",
         "secret=",
+        "secret_id=",
         "apikey=",
         "api_key=",
     ] {
@@ -345,6 +346,10 @@ mod tests {
             (
                 "bao unwrap s.B9yodXGgwWkp6KVr28FR9pd9",
                 "s.B9yodXGgwWkp6KVr28FR9pd9",
+            ),
+            (
+                "bao write auth/approle/login role_id=r-1 secret_id=5f1c2a9e-77aa",
+                "5f1c2a9e-77aa",
             ),
             (
                 "python3 job.py hvs.CAESIJ2mFz0aBcDeFgHiJkLmNoPq",
