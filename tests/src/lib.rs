@@ -210,24 +210,6 @@ fn same_executable(link: &Path, exe: &Path) -> bool {
     link == exe || (link.file_name().is_some() && link.file_name() == exe.file_name())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rebuilt_binary_is_still_the_same_executable() {
-        let exe = Path::new("/w/target/debug/interceptor");
-        assert!(same_executable(exe, exe));
-        assert!(same_executable(
-            Path::new("/w/target/debug/interceptor (deleted)"),
-            exe
-        ));
-        assert!(same_executable(Path::new("/other/interceptor"), exe));
-        assert!(!same_executable(Path::new("/usr/bin/sleep"), exe));
-        assert!(!same_executable(Path::new("/usr/bin/sleep (deleted)"), exe));
-    }
-}
-
 /// The cgroup v2 mount, found the way the daemon finds it.
 fn cgroup2_mount() -> PathBuf {
     interceptor::redirect::cgroup::cgroup2_mount().expect("a cgroup v2 mount")
@@ -857,4 +839,22 @@ pub fn went_through_proxy(result: &Value) -> bool {
 /// Raw TCP connect from this (test) process, outside the cgroup.
 pub fn connect(addr: &str) -> std::io::Result<TcpStream> {
     TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuilt_binary_is_still_the_same_executable() {
+        let exe = Path::new("/w/target/debug/interceptor");
+        assert!(same_executable(exe, exe));
+        assert!(same_executable(
+            Path::new("/w/target/debug/interceptor (deleted)"),
+            exe
+        ));
+        assert!(same_executable(Path::new("/other/interceptor"), exe));
+        assert!(!same_executable(Path::new("/usr/bin/sleep"), exe));
+        assert!(!same_executable(Path::new("/usr/bin/sleep (deleted)"), exe));
+    }
 }
