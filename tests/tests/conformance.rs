@@ -5,8 +5,8 @@
 //! everyday operation that comes back denied is a false denial, and a bug.
 //!
 //! PostgreSQL so far: psql meta-commands, pg_dump (plain, schema only,
-//! custom format, -t), pg_restore, `psql -f` of a dump, temporary tables
-//! and the settings jobs and ORMs change with set_config.
+//! custom format, -t), pg_restore, `psql -f` of a dump, temporary tables,
+//! the settings jobs and ORMs change with set_config, MOVE and TABLE.
 
 use std::process::Output;
 
@@ -219,6 +219,23 @@ fn session_settings_and_temporary_tables_under_the_default_policy() {
                 SELECT count(*) FROM scratch";
     let r = both(&d, &pg, "psql", &["-X", "-c", temp]);
     assert_identical("CREATE TEMP TABLE", &r, &d);
+
+    // Statements sqlparser lacks, checked as their equivalents: MOVE (a
+    // scrollable cursor, psycopg's scroll()) and TABLE t (SELECT * FROM t,
+    // masked like it).
+    let cursor = "BEGIN; DECLARE c SCROLL CURSOR FOR SELECT id, item FROM orders ORDER BY id; \
+                  MOVE FORWARD 1 IN c; FETCH NEXT FROM c; MOVE ABSOLUTE 0 IN c; FETCH NEXT FROM c; COMMIT";
+    let r = both(&d, &pg, "psql", &["-X", "-c", cursor]);
+    assert_identical("MOVE in a scrollable cursor", &r, &d);
+    let r = both(&d, &pg, "psql", &["-X", "-c", "TABLE orders"]);
+    assert_identical("TABLE orders", &r, &d);
+    let out = intercepted(&d, &pg, "psql", &["-X", "-A", "-t", "-c", "TABLE users"]);
+    let t = text(&out);
+    assert!(out.status.success(), "TABLE users: {t}");
+    assert!(
+        t.contains("********") && !t.contains("pw-row-1") && !t.contains("AKIA"),
+        "TABLE users is masked like SELECT * FROM users: {t}"
+    );
 
     // Role changes stay denied, however spelled.
     for sql in [

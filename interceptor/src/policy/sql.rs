@@ -163,8 +163,8 @@ pub fn analyze_tokens(tokens: Vec<TokenWithSpan>) -> (Analysis, Vec<Option<State
     let mut analysis = Analysis::default();
     let mut asts = Vec::new();
     for piece in split_statements(tokens) {
-        let piece = unqualify_builtin_operators(piece);
         let token_kind = kind_from_tokens(&piece);
+        let piece = rewrite_leading_keyword(unqualify_builtin_operators(piece));
         let operators = operator_count(&piece);
         if operators > MAX_OPERATORS {
             let error = format!(
@@ -204,6 +204,41 @@ pub fn analyze_tokens(tokens: Vec<TokenWithSpan>) -> (Analysis, Vec<Option<State
         }
     }
     (analysis, asts)
+}
+
+/// Statements PostgreSQL has and sqlparser does not, spelled as their exact
+/// equivalent so that rules and masks check them as the server runs them:
+/// `TABLE t` is `SELECT * FROM t` (masks apply to it as to any SELECT), and
+/// `MOVE ...` has FETCH's grammar and moves the cursor without returning
+/// rows. The statement keeps its kind (`table`, `move`) from its own words.
+fn rewrite_leading_keyword(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let Some(first) = tokens
+        .iter()
+        .position(|t| !matches!(t.token, Token::Whitespace(_)))
+    else {
+        return tokens;
+    };
+    let Token::Word(w) = &tokens[first].token else {
+        return tokens;
+    };
+    if w.quote_style.is_some() {
+        return tokens;
+    }
+    let span = tokens[first].span;
+    let at = |token: Token| TokenWithSpan { token, span };
+    if w.value.eq_ignore_ascii_case("table") {
+        let select = [
+            at(Token::make_keyword("SELECT")),
+            at(Token::Whitespace(sqlparser::tokenizer::Whitespace::Space)),
+            at(Token::Mul),
+            at(Token::Whitespace(sqlparser::tokenizer::Whitespace::Space)),
+            at(Token::make_keyword("FROM")),
+        ];
+        tokens.splice(first..=first, select);
+    } else if w.value.eq_ignore_ascii_case("move") {
+        tokens[first] = at(Token::make_keyword("FETCH"));
+    }
+    tokens
 }
 
 /// `OPERATOR(pg_catalog.~)` becomes `~`: the explicit spelling of a
@@ -565,6 +600,8 @@ fn naive_kind(sql: &str) -> String {
 /// leading keywords (a WITH query is its body; COPY target), else from them.
 fn ast_kind(statement: &Statement, token_kind: &str) -> String {
     match statement {
+        // `TABLE t`, read as `SELECT * FROM t`.
+        Statement::Query(_) if token_kind == "table" => "table".into(),
         Statement::Query(q) => query_kind(q),
         Statement::Insert(_) => "insert".into(),
         Statement::Update(_) => "update".into(),
@@ -1144,6 +1181,8 @@ fn kind_matches(s: &StatementInfo, entry: &str) -> bool {
         prefixed && (!kind.starts_with("create temporary ") || entry.contains("temporary"))
     };
     prefix(&s.kind)
+        // `TABLE t` is `SELECT * FROM t`: a rule on selects covers it.
+        || (entry == "select" && s.kind == "table")
         || (entry == "with" && s.with_clause)
         || s.prepare_body_kind.as_deref().is_some_and(prefix)
 }

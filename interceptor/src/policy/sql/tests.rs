@@ -568,3 +568,44 @@ fn pg_catalog_operators_are_read_as_the_bare_operator() {
         assert_eq!(unqualify_builtin_operators(tokens).len(), n, "{sql}");
     }
 }
+
+/// Statements sqlparser lacks, read as their exact equivalent.
+#[test]
+fn table_and_move_are_read_as_select_and_fetch() {
+    let a = analyze("TABLE users");
+    assert_eq!(a.unparsable, None);
+    assert_eq!(a.statements[0].kind, "table");
+    assert_eq!(a.statements[0].relations, vec!["users".to_string()]);
+    let (_, parsed) = analyze_parsed("table public.users");
+    assert!(matches!(parsed[0], Some(Statement::Query(_))));
+    for sql in [
+        "MOVE FORWARD 5 IN c",
+        "MOVE ABSOLUTE 1 FROM c",
+        "MOVE NEXT FROM c",
+        "move backward all in \"my cursor\"",
+    ] {
+        let a = analyze(sql);
+        assert_eq!(a.unparsable, None, "{sql}");
+        assert_eq!(a.statements[0].kind, "move", "{sql}");
+    }
+    // A rule naming `table` or `select` sees it; `move` stays `move`.
+    let rule = |stmts: &[&str]| {
+        SqlRule::from_config(&SqlMatch {
+            statements: Some(stmts.iter().map(|s| s.to_string()).collect()),
+            ..SqlMatch::default()
+        })
+    };
+    assert!(rule(&["table"]).matches(&analyze("TABLE users")).is_some());
+    assert!(rule(&["select"]).matches(&analyze("TABLE users")).is_some());
+    assert!(rule(&["move"])
+        .matches(&analyze("MOVE NEXT FROM c"))
+        .is_some());
+    assert!(rule(&["fetch"])
+        .matches(&analyze("MOVE NEXT FROM c"))
+        .is_none());
+    // A table named "table", or TABLE later in a statement, is untouched.
+    assert_eq!(
+        analyze("SELECT * FROM \"table\"").statements[0].kind,
+        "select"
+    );
+}
