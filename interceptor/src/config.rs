@@ -1922,19 +1922,56 @@ pub fn check_report(cfg: &Config) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
+    let mut report = format!(
         "config OK: {} ({stores}), {}, {}; cgroup {}; listen {}",
         plural(cfg.stores.len(), "store", "stores"),
         plural(cfg.rules.len(), "rule", "rules"),
         plural(cfg.masks.len(), "mask", "masks"),
         cfg.daemon.cgroup,
         cfg.daemon.listen,
-    )
+    );
+    for w in check_warnings(cfg) {
+        report.push_str("\nwarning: ");
+        report.push_str(&w);
+    }
+    report
+}
+
+/// What `interceptor check` points out in a valid config: things that work
+/// but are rarely what an operator means.
+pub fn check_warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for store in &cfg.stores {
+        for t in store.targets.iter().filter(|t| t.host == TargetHost::Any) {
+            out.push(format!(
+                "store \"{}\": target \"{}\" catches every server on port {} that a job talks to, \
+                 its own throwaway test database or cache included, not only the secret store; \
+                 list the store's addresses or host names instead (e.g. \"{}.internal:{}\")",
+                store.name, t.raw, t.port, store.name, t.port
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_warns_about_catch_all_targets() {
+        let cfg = Config::parse(DESIGN_EXAMPLE, Path::new("design.toml")).expect("parses");
+        let w = check_warnings(&cfg);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("\"*:5432\"") && w[0].contains("ci-db"),
+            "{w:?}"
+        );
+        assert!(check_report(&cfg).contains("\nwarning: store \"ci-db\""));
+        let listed = DESIGN_EXAMPLE.replace(", \"*:5432\"]", "]");
+        let cfg = Config::parse(&listed, Path::new("design.toml")).expect("parses");
+        assert!(check_warnings(&cfg).is_empty());
+    }
 
     /// The example config from DESIGN.md, verbatim.
     const DESIGN_EXAMPLE: &str = r#"
@@ -2724,7 +2761,13 @@ strategy = "redact"                  # redact | partial | hash | null
         let c = ok(&format!("{DAEMON}{PG}[[store]]\nname = \"cache\"\nprotocol = \"redis\"\ntargets = [\"*:6379\", \"[::1]:6380\"]\n[[mask]]\nname = \"m\"\nkeys = [\"secret:*\"]\n"));
         assert_eq!(
             check_report(&c),
-            "config OK: 2 stores (db: postgres 1 target, cache: redis 2 targets), 0 rules, 1 mask; cgroup ci; listen 127.0.0.1:915"
+            "config OK: 2 stores (db: postgres 1 target, cache: redis 2 targets), 0 rules, 1 mask; cgroup ci; listen 127.0.0.1:915\n\
+             warning: store \"db\": target \"*:5432\" catches every server on port 5432 that a job talks to, \
+             its own throwaway test database or cache included, not only the secret store; list the store's \
+             addresses or host names instead (e.g. \"db.internal:5432\")\n\
+             warning: store \"cache\": target \"*:6379\" catches every server on port 6379 that a job talks to, \
+             its own throwaway test database or cache included, not only the secret store; list the store's \
+             addresses or host names instead (e.g. \"cache.internal:6379\")"
         );
     }
 

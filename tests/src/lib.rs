@@ -363,59 +363,108 @@ pub fn tcp_store(name: &str, targets: &[String]) -> Store {
     }
 }
 
-/// `policies/default.toml` as shipped (every rule and mask), with the
-/// daemon's cgroup, listener, state, control socket and bpffs moved to a
-/// test's own, and each store's targets replaced: `targets` maps a store
-/// name to the address a test's server listens on; stores not named get an
-/// address nothing listens on. The audit journal is rolled only on flush.
+/// One store of [`default_policy_text`] pointed at a test's server.
+pub struct StoreAt<'a> {
+    /// The store's name in policies/default.toml (`postgres`, `redis`, `vault`).
+    pub store: &'a str,
+    /// Its only target.
+    pub target: String,
+    /// TOML `key = value` lines merged into the store (e.g. `upstream_tls`).
+    pub extra: &'a str,
+}
+
+/// `store` pointed at `target`, nothing else changed.
+pub fn store_at(store: &str, target: impl Into<String>) -> StoreAt<'_> {
+    StoreAt {
+        store,
+        target: target.into(),
+        extra: "",
+    }
+}
+
+/// `policies/default.toml` as shipped (every rule and mask), edited as TOML:
+/// the daemon's cgroup, listener, state, control socket and bpffs moved to a
+/// test's own; the stores named in `stores` pointed at the test's servers
+/// (with their `extra` keys), the others at addresses nothing listens on;
+/// the `[[rule]]` and `[[mask]]` tables of `first` placed before the shipped
+/// ones (rules are checked in order); the audit journal rolled only on flush.
 pub fn default_policy_text(
     cgroup: &str,
     listen_port: u16,
     bpffs: &Path,
     dir: &Path,
-    targets: &[(&str, String)],
+    stores: &[StoreAt<'_>],
+    first: &str,
 ) -> String {
     let path = workspace_root().join("policies/default.toml");
     let text = fs::read_to_string(&path).expect("read policies/default.toml");
     let mut v: toml::Table = toml::from_str(&text).expect("policies/default.toml is TOML");
-    let table = |v: &mut toml::Table, key: &str| -> toml::Table {
-        v.get(key)
-            .and_then(|t| t.as_table())
-            .cloned()
-            .unwrap_or_else(|| panic!("policies/default.toml has no [{key}]"))
+    let mut table = |key: &str, edit: &dyn Fn(&mut toml::Table)| {
+        let t = v
+            .get_mut(key)
+            .and_then(|t| t.as_table_mut())
+            .unwrap_or_else(|| panic!("policies/default.toml has no [{key}]"));
+        edit(t);
     };
-    let mut daemon = table(&mut v, "daemon");
-    for (key, value) in [
-        ("cgroup", cgroup.to_string()),
-        ("listen", format!("127.0.0.1:{listen_port}")),
-        ("state_dir", dir.join("state").display().to_string()),
-        (
-            "control_socket",
-            dir.join("control.sock").display().to_string(),
-        ),
-        ("bpffs", bpffs.display().to_string()),
-    ] {
-        daemon.insert(key.into(), toml::Value::String(value));
-    }
-    v.insert("daemon".into(), toml::Value::Table(daemon));
-    let mut audit = table(&mut v, "audit");
-    audit.insert("flush_interval".into(), toml::Value::String("1h".into()));
-    v.insert("audit".into(), toml::Value::Table(audit));
-    let stores = v
+    table("daemon", &|t| {
+        for (key, value) in [
+            ("cgroup", cgroup.to_string()),
+            ("listen", format!("127.0.0.1:{listen_port}")),
+            ("state_dir", dir.join("state").display().to_string()),
+            (
+                "control_socket",
+                dir.join("control.sock").display().to_string(),
+            ),
+            ("bpffs", bpffs.display().to_string()),
+        ] {
+            t.insert(key.into(), toml::Value::String(value));
+        }
+    });
+    table("audit", &|t| {
+        t.insert("flush_interval".into(), toml::Value::String("1h".into()));
+    });
+    let shipped = v
         .get_mut("store")
         .and_then(|s| s.as_array_mut())
         .expect("policies/default.toml has [[store]]s");
-    for (i, store) in stores.iter_mut().enumerate() {
+    for (i, store) in shipped.iter_mut().enumerate() {
         let t = store.as_table_mut().expect("a [[store]] is a table");
-        let name = t.get("name").and_then(|n| n.as_str()).unwrap_or_default();
-        let target = targets
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or_else(|| format!("127.0.0.1:{}", i + 1), |(_, a)| a.clone());
+        let name = t
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let at = stores.iter().find(|s| s.store == name.as_str());
+        let target = at.map_or_else(|| format!("127.0.0.1:{}", i + 1), |s| s.target.clone());
         t.insert(
             "targets".into(),
             toml::Value::Array(vec![toml::Value::String(target)]),
         );
+        if let Some(at) = at {
+            let extra: toml::Table = toml::from_str(at.extra)
+                .unwrap_or_else(|e| panic!("extra keys for store {name}: {e}"));
+            t.extend(extra);
+        }
+    }
+    for s in stores {
+        assert!(
+            shipped
+                .iter()
+                .any(|t| t.get("name").and_then(|n| n.as_str()) == Some(s.store)),
+            "policies/default.toml has no store {}",
+            s.store
+        );
+    }
+    let first: toml::Table = toml::from_str(first).expect("`first` is TOML");
+    for (key, value) in first {
+        let toml::Value::Array(mut tables) = value else {
+            panic!("`first` may only hold [[rule]] and [[mask]] tables, not {key}");
+        };
+        assert!(key == "rule" || key == "mask", "`first` holds [[{key}]]");
+        if let Some(toml::Value::Array(shipped)) = v.remove(&key) {
+            tables.extend(shipped);
+        }
+        v.insert(key, toml::Value::Array(tables));
     }
     toml::to_string(&v).expect("serialize the config")
 }
@@ -499,17 +548,30 @@ impl Daemon {
     }
 
     /// A daemon with [`default_policy_text`] (policies/default.toml, every
-    /// rule and mask) serving `targets`; started.
+    /// rule and mask) serving `stores`, with the rules and masks of `first`
+    /// before the shipped ones. Not started: call [`Daemon::spawn`].
+    pub fn prepare_default_policy(
+        name: &str,
+        cgroup: &TestCgroup,
+        listen_port: u16,
+        stores: &[StoreAt<'_>],
+        first: &str,
+    ) -> Self {
+        let d = Self::prepare(name, cgroup, listen_port, &[], "");
+        let cgroup = cgroup.path.display().to_string();
+        let text = default_policy_text(&cgroup, listen_port, &d.bpffs, d.dir.path(), stores, first);
+        fs::write(&d.config, text).expect("write config");
+        d
+    }
+
+    /// [`Daemon::prepare_default_policy`] without extra rules, started.
     pub fn with_default_policy(
         name: &str,
         cgroup: &TestCgroup,
         listen_port: u16,
-        targets: &[(&str, String)],
+        stores: &[StoreAt<'_>],
     ) -> Self {
-        let mut d = Self::prepare(name, cgroup, listen_port, &[], "");
-        let cgroup = cgroup.path.display().to_string();
-        let text = default_policy_text(&cgroup, listen_port, &d.bpffs, d.dir.path(), targets);
-        fs::write(&d.config, text).expect("write config");
+        let mut d = Self::prepare_default_policy(name, cgroup, listen_port, stores, "");
         d.spawn();
         d
     }

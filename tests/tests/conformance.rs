@@ -13,7 +13,7 @@ use std::process::Output;
 use interceptor_tests::{
     output_text,
     pg::{Auth, PgOptions, PgServer, DATABASE},
-    require_root, Daemon, TestCgroup,
+    require_root, store_at, Daemon, TestCgroup,
 };
 
 /// Both runs of one command.
@@ -129,7 +129,7 @@ fn psql_meta_commands_and_pg_dump_under_the_default_policy() {
     require_root();
     let pg = server();
     let cg = TestCgroup::new("conf-pg");
-    let d = Daemon::with_default_policy("conf-pg", &cg, 992, &[("postgres", pg.addr())]);
+    let d = Daemon::with_default_policy("conf-pg", &cg, 992, &[store_at("postgres", pg.addr())]);
 
     // psql's catalog queries: the masks hide no value here, and no rule
     // objects (the column masks used to deny \d: pg_statistic_ext).
@@ -200,7 +200,7 @@ fn session_settings_and_temporary_tables_under_the_default_policy() {
     require_root();
     let pg = server();
     let cg = TestCgroup::new("conf-set");
-    let d = Daemon::with_default_policy("conf-set", &cg, 993, &[("postgres", pg.addr())]);
+    let d = Daemon::with_default_policy("conf-set", &cg, 993, &[store_at("postgres", pg.addr())]);
 
     // What ORMs, dump tools and row-level security set on every connection.
     for sql in [

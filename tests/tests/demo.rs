@@ -12,7 +12,9 @@ use std::{
     process::{Command, Output},
 };
 
-use interceptor_tests::{default_policy_text, output_text, redis::free_port, require_root};
+use interceptor_tests::{
+    default_policy_text, output_text, redis::free_port, require_root, store_at, StoreAt,
+};
 
 const DRIVER: &str = env!("CARGO_BIN_EXE_interceptor-demo");
 
@@ -20,16 +22,17 @@ const DRIVER: &str = env!("CARGO_BIN_EXE_interceptor-demo");
 /// moved into this test's own.
 fn config(dir: &Path, name: &str, listen: u16) -> PathBuf {
     let id = format!("interceptor-test-{name}-{}", std::process::id());
-    let targets: Vec<(&str, String)> = ["postgres", "redis", "vault"]
+    let stores: Vec<StoreAt> = ["postgres", "redis", "vault"]
         .into_iter()
-        .map(|store| (store, format!("*:{}", free_port())))
+        .map(|store| store_at(store, format!("127.0.0.1:{}", free_port())))
         .collect();
     let text = default_policy_text(
         &id,
         listen,
         Path::new(&format!("/sys/fs/bpf/{id}")),
         dir,
-        &targets,
+        &stores,
+        "",
     );
     let path = dir.join("interceptor.toml");
     fs::write(&path, text).expect("write config");

@@ -12,8 +12,8 @@ use std::{
 
 use interceptor_tests::{
     bao::{bao_bin, BaoServer, ROOT_TOKEN},
-    expect_success as ok, files_under, output_text as text, require_root, wait_for, workspace_root,
-    Daemon, TestCgroup,
+    expect_success as ok, files_under, output_text as text, require_root, store_at, wait_for,
+    workspace_root, Daemon, StoreAt, TestCgroup,
 };
 use serde_json::{json, Value};
 
@@ -30,34 +30,20 @@ fn script() -> PathBuf {
 /// it speaks TLS), the other stores at unused addresses.
 fn daemon(name: &str, port: u16, bao: &BaoServer) -> (TestCgroup, Daemon) {
     let cgroup = TestCgroup::new(name);
-    let default = std::fs::read_to_string(workspace_root().join("policies/default.toml"))
-        .expect("read policies/default.toml");
-    let mut body =
-        default[default.find("[audit]").expect("default.toml has [audit]")..].to_string();
-    if bao.tls {
-        // The vault store's upstream_tls is the last `disable` before the rules.
-        let rules = body.find("[[rule]]").expect("rules");
-        let at = body[..rules]
-            .rfind("upstream_tls = \"disable\"")
-            .expect("vault upstream_tls");
-        body.replace_range(
-            at..at + "upstream_tls = \"disable\"".len(),
-            &format!(
-                "upstream_tls = \"verify-full\"\nupstream_ca = \"{}\"",
-                bao.ca_path().display()
-            ),
-        );
-    }
-    let body = body
-        .replace(
-            "targets = [\"*:8200\"]",
-            &format!("targets = [\"{}\"]", bao.addr()),
+    let extra = if bao.tls {
+        format!(
+            "upstream_tls = \"verify-full\"\nupstream_ca = \"{}\"",
+            bao.ca_path().display()
         )
-        .replace("targets = [\"*:5432\"]", "targets = [\"127.0.0.1:1\"]")
-        .replace("targets = [\"*:6379\"]", "targets = [\"127.0.0.1:2\"]")
-        .replace("flush_interval = \"60s\"", "flush_interval = \"1h\"");
-    let mut d = Daemon::prepare(name, &cgroup, port, &[], &body);
-    d.spawn();
+    } else {
+        String::new()
+    };
+    let vault = StoreAt {
+        store: "vault",
+        target: bao.addr(),
+        extra: &extra,
+    };
+    let d = Daemon::with_default_policy(name, &cgroup, port, &[vault]);
     (cgroup, d)
 }
 
@@ -956,17 +942,13 @@ fn a_journal_that_cannot_be_written_stops_requests_with_503() {
     let bao = BaoServer::start(false);
     put_app_secret(&bao);
     let cgroup = TestCgroup::new("http-journal");
-    let default = std::fs::read_to_string(workspace_root().join("policies/default.toml"))
-        .expect("read policies/default.toml");
-    let body = default[default.find("[audit]").expect("[audit]")..]
-        .replace(
-            "targets = [\"*:8200\"]",
-            &format!("targets = [\"{}\"]", bao.addr()),
-        )
-        .replace("targets = [\"*:5432\"]", "targets = [\"127.0.0.1:1\"]")
-        .replace("targets = [\"*:6379\"]", "targets = [\"127.0.0.1:2\"]")
-        .replace("flush_interval = \"60s\"", "flush_interval = \"1h\"");
-    let mut d = Daemon::prepare("http-journal", &cgroup, 974, &[], &body);
+    let mut d = Daemon::prepare_default_policy(
+        "http-journal",
+        &cgroup,
+        974,
+        &[store_at("vault", bao.addr())],
+        "",
+    );
     let state = d.state_dir();
     std::fs::create_dir_all(&state).expect("state dir");
     let st = Command::new("mount")

@@ -12,7 +12,7 @@ use std::{
 use interceptor_tests::{
     expect_success as ok, files_under as walk, output_text as text,
     pg::{Auth, PgOptions, PgServer, DATABASE, SUPERUSER},
-    require_root, wait_for, workspace_root, Daemon, TestCgroup,
+    require_root, wait_for, workspace_root, Daemon, StoreAt, TestCgroup,
 };
 use serde_json::Value;
 
@@ -28,20 +28,12 @@ fn script() -> PathBuf {
 /// and `store_extra` (e.g. upstream_tls) in the postgres store.
 fn daemon(name: &str, port: u16, pg: &PgServer, store_extra: &str) -> (TestCgroup, Daemon) {
     let cgroup = TestCgroup::new(name);
-    let default = std::fs::read_to_string(workspace_root().join("policies/default.toml"))
-        .expect("read policies/default.toml");
-    let body = &default[default.find("[audit]").expect("default.toml has [audit]")..];
-    let body = body
-        .replace(
-            "targets = [\"*:5432\"]\n",
-            &format!("targets = [\"{}\"]\n{store_extra}\n", pg.addr()),
-        )
-        .replace("upstream_tls = \"prefer\"\n", "")
-        .replace("targets = [\"*:6379\"]", "targets = [\"127.0.0.1:1\"]")
-        .replace("targets = [\"*:8200\"]", "targets = [\"127.0.0.1:2\"]")
-        .replace("flush_interval = \"60s\"", "flush_interval = \"1h\"");
-    let mut d = Daemon::prepare(name, &cgroup, port, &[], &body);
-    d.spawn();
+    let postgres = StoreAt {
+        store: "postgres",
+        target: pg.addr(),
+        extra: store_extra,
+    };
+    let d = Daemon::with_default_policy(name, &cgroup, port, &[postgres]);
     (cgroup, d)
 }
 
@@ -845,6 +837,80 @@ fn every_statement_is_one_audit_event_without_literals() {
     d.assert_log_lines_once();
 }
 
+/// The extended protocol: a server error is recorded on the statement that
+/// failed, with its SQLSTATE, and a denied statement is one event (its
+/// denial), not also a "not executed" Execute.
+#[test]
+fn extended_protocol_errors_are_recorded_on_the_statement_that_failed() {
+    require_root();
+    let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
+    let (_cg, d) = daemon("pg-ext-audit", 945, &pg, "upstream_tls = \"disable\"");
+    let dsn = format!(
+        "host={} port={} dbname={DATABASE} user=app sslmode=disable",
+        pg.host(),
+        pg.port()
+    );
+    for mode in ["extended", "prepared"] {
+        let r = psycopg(
+            &d,
+            &pg,
+            &dsn,
+            &[
+                "run",
+                mode,
+                "DROP TABLE users",
+                "SELECT name, count(*) FROM users",
+            ],
+        );
+        let failed: Vec<&Value> = r
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|o| o["ok"] == false)
+            .collect();
+        let states: Vec<&str> = failed
+            .iter()
+            .map(|o| o["sqlstate"].as_str().unwrap_or(""))
+            .collect();
+        let expected: &[&str] = if mode == "prepared" {
+            &["42501", "42501", "42803", "42803"]
+        } else {
+            &["42501", "42803"]
+        };
+        assert_eq!(states, expected, "{mode}: {r}");
+    }
+    let ev = events(&d);
+    let drops: Vec<&Value> = ev.iter().filter(|e| e["command"] == "DROP TABLE").collect();
+    // One Parse each in extended (1) and prepared (2) mode.
+    assert_eq!(drops.len(), 3, "{drops:?}");
+    for e in &drops {
+        assert_eq!(e["decision"], "deny", "{e}");
+        assert_eq!(e["rule"], "no-ddl", "{e}");
+    }
+    let strays: Vec<&Value> = ev
+        .iter()
+        .filter(|e| {
+            e["statement"].as_str().unwrap_or("").contains("<portal")
+                || e["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("not executed")
+        })
+        .collect();
+    assert!(strays.is_empty(), "events for skipped messages: {strays:?}");
+    let grouping: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["statement"].as_str().unwrap_or("").contains("count("))
+        .collect();
+    assert_eq!(grouping.len(), 3, "{ev:?}");
+    for e in &grouping {
+        assert_eq!(e["decision"], "error", "{e}");
+        let error = e["error"].as_str().unwrap_or("");
+        assert!(error.starts_with("42803"), "{e}");
+    }
+    d.assert_log_lines_once();
+}
+
 #[test]
 fn sslrequest_followed_by_plaintext_is_refused() {
     require_root();
@@ -1086,12 +1152,14 @@ fn partial_hash_and_null_strategies() {
     let masks = "\n[[mask]]\nname = \"emails\"\nstores = [\"postgres\"]\ncolumns = [\"users.email\"]\nstrategy = \"partial\"\n\n\
                  [[mask]]\nname = \"names\"\nstores = [\"postgres\"]\ncolumns = [\"public.users.name\"]\nstrategy = \"hash\"\n\n\
                  [[mask]]\nname = \"ids\"\nstores = [\"postgres\"]\ncolumns = [\"users.id\"]\nstrategy = \"null\"\n";
-    let (_cg, d) = daemon(
-        "pg-strategies",
-        945,
-        &pg,
-        &format!("upstream_tls = \"disable\"\n{masks}"),
-    );
+    let cgroup = TestCgroup::new("pg-strategies");
+    let postgres = StoreAt {
+        store: "postgres",
+        target: pg.addr(),
+        extra: "upstream_tls = \"disable\"",
+    };
+    let mut d = Daemon::prepare_default_policy("pg-strategies", &cgroup, 945, &[postgres], masks);
+    d.spawn();
     let out = in_cgroup(
         &d,
         &pg,

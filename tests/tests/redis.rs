@@ -14,7 +14,7 @@ use interceptor_tests::{
     redis::{
         RedisOptions, RedisServer, AWS_KEY, CREDS_PASS, CREDS_USER, GREETING, SECRET_API, SECRET_DB,
     },
-    require_root, wait_for, workspace_root, Daemon, TestCgroup,
+    require_root, wait_for, workspace_root, Daemon, StoreAt, TestCgroup,
 };
 use serde_json::Value;
 
@@ -39,25 +39,12 @@ fn prepare(
     rules_first: &str,
 ) -> (TestCgroup, Daemon) {
     let cgroup = TestCgroup::new(name);
-    let default = std::fs::read_to_string(workspace_root().join("policies/default.toml"))
-        .expect("read policies/default.toml");
-    let body = &default[default.find("[audit]").expect("default.toml has [audit]")..];
-    let first_rule = body.find("[[rule]]").expect("default.toml has rules");
-    let body = format!(
-        "{}{rules_first}\n{}",
-        &body[..first_rule],
-        &body[first_rule..]
-    );
-    let body = body
-        .replace(
-            "targets = [\"*:6379\"]\nupstream_tls = \"disable\"\n",
-            &format!("targets = [\"{}\"]\n{store_extra}\n", server.addr()),
-        )
-        .replace("targets = [\"*:5432\"]", "targets = [\"127.0.0.1:1\"]")
-        .replace("targets = [\"*:8200\"]", "targets = [\"127.0.0.1:2\"]")
-        .replace("flush_interval = \"60s\"", "flush_interval = \"1h\"");
-    assert!(body.contains(&server.addr()), "redis store not rewritten");
-    let d = Daemon::prepare(name, &cgroup, port, &[], &body);
+    let redis = StoreAt {
+        store: "redis",
+        target: server.addr(),
+        extra: store_extra,
+    };
+    let d = Daemon::prepare_default_policy(name, &cgroup, port, &[redis], rules_first);
     (cgroup, d)
 }
 

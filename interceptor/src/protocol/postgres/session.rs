@@ -834,6 +834,9 @@ enum Pending {
     Parse {
         name: String,
         denied: Option<Denial>,
+        /// What the statement is, for the audit event of a Parse the
+        /// server refuses when no Execute in its batch carries the error.
+        audit: Option<Arc<StatementAudit>>,
     },
     Bind {
         portal: String,
@@ -930,6 +933,7 @@ where
         shapes: HashMap::new(),
         statements: HashMap::new(),
         portals: HashMap::new(),
+        denied: std::collections::HashSet::new(),
     };
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -1037,8 +1041,11 @@ async fn refresh_catalog<W: AsyncWrite + Unpin>(ctx: &Ctx, server: &mut W) -> Re
 
 /// The client loop's own view of names, in the order it forwards.
 struct ClientSide {
-    statements: HashMap<String, StatementAudit>,
+    statements: HashMap<String, Arc<StatementAudit>>,
     portals: HashMap<String, String>,
+    /// Statements whose Parse was denied: the denial is their one event, so
+    /// an Execute of them (which the server skips) records none.
+    denied: std::collections::HashSet<String>,
     /// SQL text -> decision, valid for the catalog it was made under.
     cache: HashMap<String, (Arc<Catalogs>, Arc<Decided>)>,
     /// Normalized text -> decision, for verdicts that do not depend on
@@ -1109,16 +1116,11 @@ impl ClientSide {
             b'C' => {
                 let c = Close::parse(&frame).map_err(|e| protocol_error(&e))?;
                 match c.kind {
-                    Target::Statement => self.statements.remove(c.name.as_str()),
-                    Target::Portal => {
-                        self.portals
-                            .remove(c.name.as_str())
-                            .map(|_| StatementAudit {
-                                command: String::new(),
-                                statement: String::new(),
-                                target: None,
-                            })
+                    Target::Statement => {
+                        self.denied.remove(c.name.as_str());
+                        self.statements.remove(c.name.as_str()).map(|_| ())
                     }
+                    Target::Portal => self.portals.remove(c.name.as_str()).map(|_| ()),
                 };
                 push(
                     ctx,
@@ -1370,11 +1372,19 @@ impl ClientSide {
             }
             None => None,
         };
+        let audit = denied.is_none().then(|| {
+            Arc::new(StatementAudit {
+                command,
+                statement,
+                target,
+            })
+        });
         let discard = sh.discard_until_sync;
         if !discard {
             sh.pending.push_back(Pending::Parse {
                 name: name.clone(),
                 denied: denied.clone(),
+                audit: audit.clone(),
             });
         }
         let describe = denied.is_none() && ctx.store.masks.has_columns();
@@ -1394,7 +1404,9 @@ impl ClientSide {
             };
             out.put_slice(&stand_in.to_bytes());
             self.statements.remove(&name);
+            self.denied.insert(name);
         } else {
+            self.denied.remove(&name);
             put_frame(out, frame);
             if describe {
                 let d = Describe {
@@ -1403,25 +1415,21 @@ impl ClientSide {
                 };
                 out.put_slice(&d.to_bytes());
             }
-            self.statements.insert(
-                name,
-                StatementAudit {
-                    command,
-                    statement,
-                    target,
-                },
-            );
+            if let Some(audit) = audit {
+                self.statements.insert(name, audit);
+            }
         }
     }
 
     fn execute(&mut self, ctx: &Ctx, e: Execute, frame: &Frame, out: &mut BytesMut) {
+        let statement = self.portals.get(e.portal.as_str());
+        let of_denied = statement.is_some_and(|s| self.denied.contains(s));
         // A portal of a statement prepared with SQL PREPARE, which this
         // loop did not see parsed: recorded under its name.
-        let audit = Some(
-            self.portals
-                .get(e.portal.as_str())
+        let audit = (!of_denied).then(|| {
+            statement
                 .and_then(|s| self.statements.get(s))
-                .cloned()
+                .map(|a| StatementAudit::clone(a))
                 .unwrap_or_else(|| StatementAudit {
                     command: "EXECUTE".into(),
                     statement: format!(
@@ -1429,8 +1437,8 @@ impl ClientSide {
                         e.portal.as_str()
                     ),
                     target: None,
-                }),
-        );
+                })
+        });
         let mut sh = ctx.lock();
         let event = audit.map(|a| {
             let mut event = sh.session.event(a.command, Decision::Allow);
@@ -1467,6 +1475,7 @@ impl ClientSide {
                     Pending::Parse {
                         name: "interceptor_refused".into(),
                         denied: Some(journal_denial()),
+                        audit: None,
                     },
                 );
                 out.put_slice(&stand_in.to_bytes());
@@ -1834,7 +1843,7 @@ fn on_server_frame(ctx: &Ctx, frame: Frame, out: &mut BytesMut) -> Result<(), St
             }
             Ok(())
         }
-        Pending::Parse { name, denied } => {
+        Pending::Parse { name, denied, .. } => {
             match tag {
                 b'1' => {
                     let name = std::mem::take(name);
@@ -2116,6 +2125,19 @@ fn forward_error(ctx: &Ctx, sh: &mut Shared, frame: &Frame, out: &mut BytesMut) 
     }
 }
 
+/// In [`extended_error`]: the queued request an ErrorResponse answers.
+enum Blame {
+    /// A Parse of this statement failed: the Execute of a portal bound to
+    /// it carries the error.
+    Statement(String),
+    /// A Bind of this portal failed, or its statement's Parse did.
+    Portal(String),
+    /// The first queued request failed itself.
+    Front,
+    /// Nothing queued ran: every event is "not executed".
+    Nothing,
+}
+
 /// An ErrorResponse to an extended-protocol message: the server now skips
 /// to the next Sync, so every request queued before it gets no reply.
 fn extended_error(
@@ -2135,25 +2157,70 @@ fn extended_error(
             error_text(frame)
         }
     };
-    let mut first = true;
+    // Which queued event the error belongs to: a denial already has its
+    // own event; a failed Parse or Bind is the failure of the Execute that
+    // runs it; anything else queued after it was skipped by the server.
+    let mut blame = match (denied, sh.pending.front()) {
+        (Some(_), _) => Blame::Nothing,
+        (None, Some(Pending::Parse { name, .. })) => Blame::Statement(name.clone()),
+        (None, Some(Pending::Bind { portal, .. })) => Blame::Portal(portal.clone()),
+        (None, Some(Pending::Execute { .. } | Pending::Query { .. })) => Blame::Front,
+        (None, _) => Blame::Nothing,
+    };
+    // A Parse refused with no Execute of it in the batch (psycopg prepares
+    // in a round trip of its own): its event is the Parse's.
+    let mut unclaimed = match sh.pending.front() {
+        Some(Pending::Parse { audit, .. }) if denied.is_none() => audit.clone(),
+        _ => None,
+    };
+    let mut synced = false;
     while let Some(p) = sh.pending.front() {
         if matches!(p, Pending::Sync) {
-            return;
+            synced = true;
+            break;
         }
         let Some(p) = sh.pending.pop_front() else {
             break;
         };
-        for mut ev in p.into_events() {
+        if let (
+            Blame::Statement(failed),
+            Pending::Bind {
+                portal, statement, ..
+            },
+        ) = (&blame, &p)
+        {
+            if failed == statement {
+                blame = Blame::Portal(portal.clone());
+            }
+        }
+        let guilty = match (&blame, &p) {
+            (Blame::Front, _) => true,
+            (Blame::Portal(failed), Pending::Execute { portal, .. }) => failed == portal,
+            _ => false,
+        };
+        if guilty {
+            blame = Blame::Nothing;
+            unclaimed = None;
+        }
+        for (i, mut ev) in p.into_events().into_iter().enumerate() {
             ev.decision = Decision::Error;
-            ev.finish(Some(if first {
+            ev.finish(Some(if guilty && i == 0 {
                 error.clone()
             } else {
                 "not executed: an earlier message of the batch failed".into()
             }));
             let _ = ctx.recorder.event(&ev);
         }
-        first = false;
+    }
+    if let Some(a) = unclaimed {
+        let mut ev = sh.session.event(a.command.clone(), Decision::Error);
+        ev.statement = Some(a.statement.clone());
+        ev.target = a.target.clone();
+        ev.finish(Some(error));
+        let _ = ctx.recorder.event(&ev);
     }
     // No Sync queued yet: what the client sends until its Sync is skipped.
-    sh.discard_until_sync = true;
+    if !synced {
+        sh.discard_until_sync = true;
+    }
 }
