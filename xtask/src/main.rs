@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask <setup|build|run|demo|test|bench|fuzz>`.
+//! Project tasks: `cargo xtask <setup|build|run|demo|test|bench|fuzz|sql-corpus>`.
 
+mod corpus;
 mod fuzz;
 mod setup;
 mod util;
@@ -85,6 +86,14 @@ enum Task {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
+    /// PostgreSQL 15's own regression SQL (pinned in pins/sql-corpus.txt) run
+    /// against a real server; every statement it completed goes through the
+    /// policy's SQL analyzer; prints the share parsed and what is left (root).
+    SqlCorpus {
+        /// Only these scripts (comma-separated names, e.g. `select,vacuum`).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// fmt check, clippy, build, the whole test suite as root, then a short run of each fuzz target.
     Test {
         /// Seconds per fuzz target after the tests (0 skips fuzzing).
@@ -107,6 +116,7 @@ fn main() -> ExitCode {
         Task::Bench { workload, seconds } => bench(workload, seconds),
         Task::Demo { keep, stop, config } => demo(keep, stop, config),
         Task::Fuzz { target, seconds } => fuzz::fuzz(target.as_deref(), seconds),
+        Task::SqlCorpus { only } => sql_corpus(only),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,6 +247,14 @@ fn bench(workload: Option<String>, seconds: Option<u64>) -> Result<()> {
     }
     step(format!("running {}", show(&cmd)));
     run(&mut cmd)
+}
+
+fn sql_corpus(only: Option<String>) -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask sql-corpus` must run as root: it starts a PostgreSQL server as its own user");
+    }
+    ensure_setup()?;
+    corpus::sql_corpus(only)
 }
 
 fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
