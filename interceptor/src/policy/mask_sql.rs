@@ -511,7 +511,8 @@ fn taint_views(relations: &mut HashMap<u32, Relation>, reads: &[(u32, u32, i16)]
 /// Checks every statement of a piece of SQL text (a simple Query or a Parse
 /// message), as split and parsed by [`super::sql::analyze_parsed`]. A
 /// statement that does not parse is denied while masking is configured,
-/// since nothing can be said about it.
+/// since nothing can be said about it; a utility statement read from its
+/// tokens (no tree, no error) returns no table rows and passes.
 pub fn check_sql(
     sql: &str,
     catalog: &MaskCatalog,
@@ -524,6 +525,12 @@ pub fn check_sql(
     for (i, statement) in parsed.iter().enumerate() {
         match statement {
             Some(statement) => check(statement, catalog, matcher)?,
+            // A utility statement read without a tree (VACUUM, FETCH, ...):
+            // names and constants only, no rows of a table come back.
+            None if analysis
+                .statements
+                .get(i)
+                .is_some_and(|s| s.error.is_none()) => {}
             None => {
                 let error = analysis
                     .statements

@@ -52,6 +52,11 @@ mod tests {
             "SELECT * FROM dblink('host=x', 'SELECT 1') AS t(a int)",
             "ALTER SYSTEM SET log_statement = 'none'",
             "SELECT 1; DROP TABLE users",
+            "VACUUM FULL users",
+            "VACUUM (FULL, ANALYZE) users",
+            "CLUSTER users USING users_pkey",
+            "REINDEX TABLE users",
+            "ALTER SEQUENCE users_id_seq RESTART WITH 1",
         ] {
             assert!(denied(sql), "the default policy lets through: {sql}");
         }
@@ -61,6 +66,16 @@ mod tests {
             "INSERT INTO users (id) VALUES (1)",
             "BEGIN; SELECT 1; COMMIT",
             "COPY users (id, name) FROM STDIN",
+            // Maintenance that takes no exclusive lock, and cursor and
+            // transaction forms real clients send (psycopg, Django, pgbench).
+            "VACUUM ANALYZE users",
+            "VACUUM (ANALYZE) users",
+            "ANALYZE VERBOSE users",
+            "SET CONSTRAINTS ALL IMMEDIATE",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+            "COPY users FROM STDIN WITH (FREEZE ON)",
+            "FETCH FROM c",
+            "MOVE BACKWARD IN c",
             "COPY users (id, name) TO STDOUT",
             // pg_dump and pg_restore, Django, row-level security tenants.
             "SELECT pg_catalog.set_config('search_path', '', false)",

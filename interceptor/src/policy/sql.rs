@@ -28,6 +28,8 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::config::SqlMatch;
 
+mod utility;
+
 /// What a piece of SQL does, as far as policy cares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Analysis {
@@ -104,7 +106,8 @@ pub fn analyze(sql: &str) -> Analysis {
 /// whole tree (column masking, [`super::mask_sql`]). The second vector is
 /// aligned with [`Analysis::statements`]: entry `i` is the AST of statement
 /// `i`, or `None` when that statement did not parse (or was too complex to
-/// parse safely).
+/// parse safely; its `error` says why) or is a utility statement read from
+/// its tokens (VACUUM, ANALYZE, FETCH, ...: no `error`, see `utility.rs`).
 pub fn analyze_parsed(sql: &str) -> (Analysis, Vec<Option<Statement>>) {
     let (analysis, asts, _) = analyze_full(sql, false);
     (analysis, asts)
@@ -164,7 +167,18 @@ pub fn analyze_tokens(tokens: Vec<TokenWithSpan>) -> (Analysis, Vec<Option<State
     let mut asts = Vec::new();
     for piece in split_statements(tokens) {
         let token_kind = kind_from_tokens(&piece);
+        let cursor_statement = matches!(token_kind.as_str(), "fetch" | "move");
+        if !cursor_statement {
+            if let Some(info) = utility::recognize(&piece) {
+                analysis.statements.push(info);
+                asts.push(None);
+                continue;
+            }
+        }
         let piece = rewrite_leading_keyword(unqualify_builtin_operators(piece));
+        let piece = rewrite_copy_options(drop_deferrable(piece));
+        // FETCH and MOVE in the forms sqlparser's FETCH lacks: read here.
+        let fallback = cursor_statement.then(|| piece.clone());
         let operators = operator_count(&piece);
         if operators > MAX_OPERATORS {
             let error = format!(
@@ -192,6 +206,12 @@ pub fn analyze_tokens(tokens: Vec<TokenWithSpan>) -> (Analysis, Vec<Option<State
                 }
             }
             Err(e) => {
+                if let Some(mut info) = fallback.as_deref().and_then(utility::recognize) {
+                    info.kind = token_kind;
+                    analysis.statements.push(info);
+                    asts.push(None);
+                    continue;
+                }
                 let error = e.to_string();
                 analysis.unparsable.get_or_insert_with(|| error.clone());
                 analysis.statements.push(StatementInfo {
@@ -237,6 +257,97 @@ fn rewrite_leading_keyword(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan>
         tokens.splice(first..=first, select);
     } else if w.value.eq_ignore_ascii_case("move") {
         tokens[first] = at(Token::make_keyword("FETCH"));
+    }
+    tokens
+}
+
+/// `BEGIN`, `START TRANSACTION`, `SET TRANSACTION` and `SET SESSION
+/// CHARACTERISTICS AS TRANSACTION` without their `[NOT] DEFERRABLE` mode,
+/// which sqlparser does not read: it only decides whether a serializable
+/// read-only transaction waits for a safe snapshot, nothing a rule or mask
+/// looks at.
+fn drop_deferrable(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let words: Vec<String> = tokens
+        .iter()
+        .filter_map(|t| match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
+            Token::Whitespace(_) => None,
+            _ => Some(String::new()),
+        })
+        .take(5)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let transaction = matches!(
+        words.as_slice(),
+        ["begin", ..]
+            | ["start", "transaction", ..]
+            | ["set", "transaction", ..]
+            | ["set", "session", "characteristics", ..]
+    );
+    let is_word = |t: &TokenWithSpan, k: &str| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
+    if !transaction || !tokens.iter().any(|t| is_word(t, "deferrable")) {
+        return tokens;
+    }
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        if is_word(&t, "deferrable") {
+            // `NOT DEFERRABLE`: the NOT goes too, and a comma before the
+            // mode (`READ ONLY, DEFERRABLE`).
+            while out
+                .last()
+                .is_some_and(|l| matches!(l.token, Token::Whitespace(_)))
+            {
+                out.pop();
+            }
+            if out.last().is_some_and(|l| is_word(l, "not")) {
+                out.pop();
+                while out
+                    .last()
+                    .is_some_and(|l| matches!(l.token, Token::Whitespace(_)))
+                {
+                    out.pop();
+                }
+            }
+            if out.last().is_some_and(|l| l.token == Token::Comma) {
+                out.pop();
+            }
+            continue;
+        }
+        out.push(t);
+    }
+    out
+}
+
+/// In a COPY statement's option list (the parenthesized group after its
+/// FROM/TO target), `ON` and `OFF` become `TRUE` and `FALSE`: PostgreSQL
+/// takes either spelling of a boolean option (`FREEZE ON`, `HEADER off`),
+/// sqlparser only the second.
+fn rewrite_copy_options(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let is_word = |t: &Token, k: &str| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
+    let Some(first) = tokens
+        .iter()
+        .position(|t| !matches!(t.token, Token::Whitespace(_)))
+    else {
+        return tokens;
+    };
+    if !is_word(&tokens[first].token, "copy") {
+        return tokens;
+    }
+    let mut depth = 0usize;
+    let mut past_target = false;
+    for t in tokens.iter_mut().skip(first + 1) {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            tok if depth == 0 && (is_word(tok, "from") || is_word(tok, "to")) => past_target = true,
+            tok if depth == 1 && past_target && is_word(tok, "on") => {
+                t.token = Token::make_keyword("TRUE")
+            }
+            tok if depth == 1 && past_target && is_word(tok, "off") => {
+                t.token = Token::make_keyword("FALSE")
+            }
+            _ => {}
+        }
     }
     tokens
 }

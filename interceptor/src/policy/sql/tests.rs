@@ -609,3 +609,133 @@ fn table_and_move_are_read_as_select_and_fetch() {
         "select"
     );
 }
+
+/// Utility statements sqlparser lacks, read from their tokens: the kind,
+/// and the relations they name, so rules see them.
+#[test]
+fn utility_statements_are_read_with_their_relations() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("VACUUM", "vacuum", &[]),
+        ("VACUUM ANALYZE t", "vacuum", &["t"]),
+        ("VACUUM (ANALYZE) t", "vacuum", &["t"]),
+        (
+            "VACUUM (VERBOSE, PARALLEL 2, INDEX_CLEANUP off) s.t (a, b), u",
+            "vacuum",
+            &["s.t", "t", "u"],
+        ),
+        ("VACUUM FULL VERBOSE t", "vacuum full", &["t"]),
+        ("vacuum (full) t", "vacuum full", &["t"]),
+        ("VACUUM (FULL false) t", "vacuum", &["t"]),
+        ("VACUUM FREEZE", "vacuum", &[]),
+        ("ANALYZE", "analyze", &[]),
+        ("ANALYZE VERBOSE t", "analyze", &["t"]),
+        ("ANALYSE t (a)", "analyze", &["t"]),
+        (
+            "ANALYZE (SKIP_LOCKED) \"My Table\"",
+            "analyze",
+            &["My Table"],
+        ),
+        (
+            "REINDEX TABLE CONCURRENTLY public.t",
+            "reindex",
+            &["public.t", "t"],
+        ),
+        ("REINDEX (VERBOSE) INDEX i", "reindex", &["i"]),
+        ("REINDEX DATABASE", "reindex", &[]),
+        ("CLUSTER", "cluster", &[]),
+        ("CLUSTER VERBOSE t USING i", "cluster", &["i", "t"]),
+        ("CLUSTER i ON t", "cluster", &["i", "t"]),
+        ("CHECKPOINT", "checkpoint", &[]),
+        ("SET CONSTRAINTS ALL IMMEDIATE", "set constraints", &[]),
+        ("SET CONSTRAINTS c1, s.c2 DEFERRED", "set constraints", &[]),
+        (
+            "ALTER SEQUENCE s OWNED BY t.id",
+            "alter sequence",
+            &["s", "t"],
+        ),
+        (
+            "ALTER SEQUENCE IF EXISTS public.s INCREMENT BY -2 MINVALUE -10 RESTART WITH 5",
+            "alter sequence",
+            &["public.s", "s"],
+        ),
+        ("ALTER SEQUENCE s OWNED BY NONE", "alter sequence", &["s"]),
+        ("FETCH c", "fetch", &[]),
+        ("FETCH FROM c", "fetch", &[]),
+        ("FETCH BACKWARD IN c", "fetch", &[]),
+        ("FETCH -1 FROM c", "fetch", &[]),
+        ("MOVE FIRST c", "move", &[]),
+    ];
+    for (sql, kind, relations) in cases {
+        let (a, parsed) = analyze_parsed(sql);
+        assert_eq!(a.unparsable, None, "{sql}");
+        assert_eq!(a.statements.len(), 1, "{sql}");
+        assert_eq!(a.statements[0].kind, *kind, "{sql}");
+        assert_eq!(a.statements[0].relations, *relations, "{sql}");
+        assert_eq!(parsed.len(), 1, "{sql}");
+    }
+    // Anything outside their grammar stays unparsable: no function call,
+    // subquery or stray token is taken on trust.
+    for sql in [
+        "VACUUM t; garbage",
+        "VACUUM pg_read_file('/etc/passwd')",
+        "VACUUM (ANALYZE) t WHERE 1 = 1",
+        "ANALYZE t (a + 1)",
+        "REINDEX TABLES t",
+        "CLUSTER t USING",
+        "SET CONSTRAINTS ALL",
+        "ALTER SEQUENCE s RESTART WITH (SELECT 1)",
+        "ALTER SEQUENCE s OWNED BY",
+        "FETCH ABSOLUTE FROM c",
+        "FETCH (SELECT 1)",
+    ] {
+        let a = analyze(sql);
+        assert!(a.unparsable.is_some(), "{sql}: {a:?}");
+    }
+    // The rules see the kind and the relations.
+    let rule = |m: SqlMatch| SqlRule::from_config(&m);
+    let full = rule(SqlMatch {
+        statements: Some(vec!["vacuum full".into()]),
+        ..SqlMatch::default()
+    });
+    assert!(full.matches(&analyze("VACUUM (FULL) t")).is_some());
+    assert!(full.matches(&analyze("VACUUM t")).is_none());
+    let alter = rule(SqlMatch {
+        statements: Some(vec!["alter".into()]),
+        ..SqlMatch::default()
+    });
+    assert!(alter
+        .matches(&analyze("ALTER SEQUENCE s OWNED BY t.id"))
+        .is_some());
+}
+
+/// Options sqlparser spells differently, rewritten to its spelling.
+#[test]
+fn transaction_modes_and_copy_booleans_parse() {
+    for sql in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, NOT DEFERRABLE",
+        "START TRANSACTION READ ONLY DEFERRABLE",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION DEFERRABLE",
+        "COPY t FROM STDIN WITH (FREEZE ON)",
+        "COPY t (a, b) FROM STDIN (FORMAT csv, HEADER on)",
+        "COPY t TO STDOUT (HEADER OFF)",
+    ] {
+        let (a, parsed) = analyze_parsed(sql);
+        assert_eq!(a.unparsable, None, "{sql}");
+        assert!(parsed[0].is_some(), "{sql}");
+    }
+    // A query's ON inside COPY (...) is not an option, and COPY TO PROGRAM
+    // is still seen.
+    let a = analyze("COPY (SELECT 1 FROM a JOIN b ON a.id = b.id) TO STDOUT (HEADER ON)");
+    assert_eq!(a.unparsable, None);
+    assert_eq!(
+        a.statements[0].relations,
+        vec!["a".to_string(), "b".to_string()]
+    );
+    let a = analyze("COPY t TO PROGRAM 'id' (HEADER ON)");
+    assert_eq!(a.statements[0].kind, "copy program");
+    // DEFERRABLE elsewhere is not touched (a constraint's).
+    let a = analyze("CREATE TABLE t (a int UNIQUE DEFERRABLE)");
+    assert_eq!(a.statements[0].kind, "create table");
+}
