@@ -6,7 +6,8 @@
 //!
 //! PostgreSQL so far: psql meta-commands, pg_dump (plain, schema only,
 //! custom format, -t), pg_restore, `psql -f` of a dump, temporary tables,
-//! the settings jobs and ORMs change with set_config, MOVE and TABLE.
+//! the settings jobs and ORMs change with set_config, MOVE and TABLE,
+//! VACUUM/ANALYZE, cursors, SET CONSTRAINTS and DEFERRABLE transactions.
 
 use std::process::Output;
 
@@ -260,4 +261,40 @@ fn session_settings_and_temporary_tables_under_the_default_policy() {
         &["-X", "-c", "CREATE TABLE kept (id int); DROP TABLE kept"],
     );
     assert_denied("CREATE TABLE", &r, "no-ddl");
+}
+
+#[test]
+fn maintenance_cursors_and_transaction_modes_under_the_default_policy() {
+    require_root();
+    let pg = server();
+    // The job's role owns its table, so that maintenance runs direct.
+    pg.admin_sql(DATABASE, "ALTER TABLE orders OWNER TO app;\n");
+    let cg = TestCgroup::new("conf-maint");
+    let d = Daemon::with_default_policy("conf-maint", &cg, 994, &[store_at("postgres", pg.addr())]);
+    // Statements sqlparser lacks, read from their tokens or rewritten to
+    // its spelling: what Django's TestCase, psycopg cursors, pgbench -i and
+    // maintenance scripts send.
+    for sql in [
+        "VACUUM ANALYZE orders",
+        "VACUUM (ANALYZE) orders",
+        "ANALYZE VERBOSE orders",
+        "ANALYZE orders (item)",
+        "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; SELECT count(*) FROM orders; COMMIT",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; SELECT count(*) FROM orders; COMMIT",
+        "START TRANSACTION READ ONLY, NOT DEFERRABLE; SELECT 1; COMMIT",
+        "BEGIN; DECLARE c CURSOR FOR SELECT id, item FROM orders ORDER BY id; FETCH c; FETCH FROM c; MOVE BACKWARD IN c; FETCH -1 FROM c; COMMIT",
+        "COPY orders TO STDOUT WITH (FORMAT csv, HEADER ON)",
+    ] {
+        let r = both(&d, &pg, "psql", &["-X", "-c", sql]);
+        assert_identical(sql, &r, &d);
+    }
+    // Rewrites under exclusive locks are a rule decision, with its message.
+    for sql in [
+        "VACUUM FULL orders",
+        "CLUSTER orders USING orders_pkey",
+        "REINDEX TABLE orders",
+    ] {
+        let r = both(&d, &pg, "psql", &["-X", "-c", sql]);
+        assert_denied(sql, &r, "no-locking-maintenance");
+    }
 }

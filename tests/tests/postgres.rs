@@ -2,7 +2,7 @@
 //! real clients (psql, psycopg, pgbench) started inside the intercepted
 //! cgroup with `interceptor exec`, the shipped default policy.
 //!
-//! Listener ports 931-945 belong to this file.
+//! Listener ports 931-950 belong to this file.
 
 use std::{
     path::PathBuf,
@@ -844,7 +844,7 @@ fn every_statement_is_one_audit_event_without_literals() {
 fn extended_protocol_errors_are_recorded_on_the_statement_that_failed() {
     require_root();
     let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
-    let (_cg, d) = daemon("pg-ext-audit", 945, &pg, "upstream_tls = \"disable\"");
+    let (_cg, d) = daemon("pg-ext-audit", 946, &pg, "upstream_tls = \"disable\"");
     let dsn = format!(
         "host={} port={} dbname={DATABASE} user=app sslmode=disable",
         pg.host(),

@@ -525,25 +525,24 @@ pub fn check_sql(
     for (i, statement) in parsed.iter().enumerate() {
         match statement {
             Some(statement) => check(statement, catalog, matcher)?,
-            // A utility statement read without a tree (VACUUM, FETCH, ...):
-            // names and constants only, no rows of a table come back.
-            None if analysis
-                .statements
-                .get(i)
-                .is_some_and(|s| s.error.is_none()) => {}
-            None => {
-                let error = analysis
-                    .statements
-                    .get(i)
-                    .and_then(|s| s.error.clone())
-                    .unwrap_or_default();
-                return Err(format!(
-                    "masked columns are configured and this statement cannot be checked: {error}"
-                ));
-            }
+            None => check_without_tree(analysis.statements.get(i))?,
         }
     }
     Ok(())
+}
+
+/// Verdict for a statement the analyzer has no tree of: a utility
+/// statement read from its tokens (VACUUM, FETCH, ...: names and constants
+/// only, no table rows come back) passes; one that did not parse cannot be
+/// vouched for.
+pub fn check_without_tree(info: Option<&super::sql::StatementInfo>) -> Result<(), String> {
+    match info {
+        Some(info) if info.error.is_none() => Ok(()),
+        _ => Err(format!(
+            "masked columns are configured and this statement cannot be checked: {}",
+            info.and_then(|i| i.error.as_deref()).unwrap_or_default()
+        )),
+    }
 }
 
 /// Verdict for one parsed statement. `Ok(())`: output-side masking is enough.

@@ -1174,14 +1174,7 @@ impl ClientSide {
                 }
                 // Unparsable statements reach here only when a rule allowed
                 // them explicitly; masking cannot vouch for them.
-                None => Err(format!(
-                    "masked columns are configured and this statement cannot be checked: {}",
-                    analysis
-                        .statements
-                        .get(i)
-                        .and_then(|s| s.error.clone())
-                        .unwrap_or_default()
-                )),
+                None => mask_sql::check_without_tree(analysis.statements.get(i)),
             };
             if let Err(reason) = verdict {
                 let denial = Denial {
