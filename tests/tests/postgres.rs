@@ -1192,3 +1192,47 @@ fn partial_hash_and_null_strategies() {
     assert_eq!(lines.len(), 1, "{out}");
     assert_eq!(lines[0], format!("|{}|****.com", &hash[..21]), "{out}");
 }
+
+/// Errors point the right way: a constraint violation's DETAIL comes
+/// through for a table without masked columns and is hidden for one with
+/// them; a denial caused by an unknown relation names it.
+#[test]
+fn error_details_are_hidden_only_where_masked_values_could_be() {
+    require_root();
+    let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
+    pg.admin_sql(
+        DATABASE,
+        "CREATE TABLE plain (id int PRIMARY KEY, label text);\n\
+         INSERT INTO plain VALUES (1, 'one');\n\
+         GRANT ALL ON plain TO app;\n\
+         ALTER TABLE users ADD CONSTRAINT users_id_key UNIQUE (id);\n",
+    );
+    let (_cg, d) = daemon("pg-errors", 947, &pg, "upstream_tls = \"disable\"");
+    let psql = |sql: &str| {
+        let out = in_cgroup(&d, &pg, "app", &["psql", "-X", "-c", sql])
+            .output()
+            .expect("psql");
+        text(&out)
+    };
+    let t = psql("INSERT INTO plain VALUES (1, 'again')");
+    assert!(
+        t.contains("duplicate key value violates unique constraint \"plain_pkey\""),
+        "{t}"
+    );
+    assert!(t.contains("DETAIL:  Key (id)=(1) already exists."), "{t}");
+    let t = psql("INSERT INTO users (id, name) VALUES (1, 'again')");
+    assert!(t.contains("users_id_key"), "{t}");
+    assert!(t.contains("detail hidden by interceptor"), "{t}");
+    assert!(!t.contains("Key (id)"), "{t}");
+    let t = psql("SELECT * FROM missing_table ORDER BY 1");
+    assert!(
+        t.contains("relation missing_table is not in the catalog"),
+        "{t}"
+    );
+    // Without the masking question, the server's own error.
+    let t = psql("SELECT * FROM missing_table");
+    assert!(
+        t.contains("relation \"missing_table\" does not exist"),
+        "{t}"
+    );
+}

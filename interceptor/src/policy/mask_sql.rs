@@ -598,7 +598,71 @@ pub fn check(
     if matcher.is_empty() || !needs_check(statement, catalog, matcher) {
         return Ok(());
     }
-    check_statement(statement, catalog, matcher, true, 0)
+    check_statement(statement, catalog, matcher, true, 0).map_err(|reason| {
+        let unknown = unknown_relations(statement, catalog);
+        if unknown.is_empty() {
+            return reason;
+        }
+        format!(
+            "{} not in the catalog the proxy read for this database (it does not exist, \
+             or was created since), so its columns count as masked: {reason}",
+            match unknown.as_slice() {
+                [one] => format!("relation {one} is"),
+                many => format!("relations {} are", many.join(", ")),
+            }
+        )
+    })
+}
+
+/// The relations a statement reads that a loaded catalog does not have
+/// (system relations and WITH query names aside), for the denial message:
+/// a typo or a missing table is then named as the cause.
+fn unknown_relations(statement: &Statement, catalog: &MaskCatalog) -> Vec<String> {
+    struct Names {
+        relations: BTreeSet<String>,
+        ctes: HashSet<String>,
+    }
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            for cte in q.with.iter().flat_map(|w| &w.cte_tables) {
+                self.ctes.insert(ident_text(&cte.alias.name));
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .filter_map(|p| p.as_ident().map(ident_text))
+                .collect();
+            self.relations.insert(parts.join("."));
+            ControlFlow::Continue(())
+        }
+    }
+    if !catalog.is_loaded() {
+        return Vec::new();
+    }
+    let mut names = Names {
+        relations: BTreeSet::new(),
+        ctes: HashSet::new(),
+    };
+    let _ = statement.visit(&mut names);
+    names
+        .relations
+        .into_iter()
+        .filter(|full| {
+            let (schema, name) = match full.rsplit_once('.') {
+                Some((s, n)) => (Some(s), n),
+                None => (None, full.as_str()),
+            };
+            !name.is_empty()
+                && !name.starts_with("pg_")
+                && !(schema.is_none() && names.ctes.contains(name))
+                && !matches!(schema, Some("pg_catalog" | "information_schema"))
+                && matches!(catalog.relation(schema, name), RelationInfo::Unknown)
+        })
+        .collect()
 }
 
 /// Most levels of subqueries, CTE references and views a name is followed

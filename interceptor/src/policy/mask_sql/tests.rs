@@ -1085,3 +1085,35 @@ fn catalog_sql_output_from_a_real_server() {
         Ok(())
     );
 }
+
+/// A denial caused by a relation the catalog does not have says so (still
+/// denied: it may have masked columns), and names it.
+#[test]
+fn denials_over_unknown_relations_name_them() {
+    let c = catalog();
+    let reason = verdict("SELECT * FROM missing_table ORDER BY 1", &c).unwrap_err();
+    assert!(
+        reason.contains("relation missing_table is not in the catalog"),
+        "{reason}"
+    );
+    assert!(reason.contains("ORDER BY"), "{reason}");
+    let reason = verdict(
+        "WITH w AS (SELECT 1 AS a) SELECT * FROM w, nope.gone, missing ORDER BY 1",
+        &c,
+    )
+    .unwrap_err();
+    assert!(
+        reason.contains("relations missing, nope.gone are not in the catalog"),
+        "{reason}"
+    );
+    // Known relations: the reason alone.
+    let reason = verdict("SELECT * FROM users ORDER BY 3", &c).unwrap_err();
+    assert!(!reason.contains("not in the catalog"), "{reason}");
+    // Without a catalog nothing is known: no claim about any relation.
+    let reason = verdict(
+        "SELECT * FROM missing_table ORDER BY 1",
+        &MaskCatalog::empty(),
+    )
+    .unwrap_err();
+    assert!(!reason.contains("not in the catalog"), "{reason}");
+}

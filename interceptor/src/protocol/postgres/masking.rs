@@ -266,8 +266,10 @@ impl StoreMasks {
     /// Errors and notices: detectors over every text field; for data
     /// exceptions and integrity violations (classes 22 and 23), whose DETAIL
     /// echoes row values ("Failing row contains (...)"), the DETAIL is
-    /// replaced when the store masks columns.
-    pub fn mask_error(&self, frame: &Frame) -> Option<(Bytes, u64)> {
+    /// replaced when the store masks columns, unless the error names its
+    /// table (fields `s` and `t`) and `catalog` knows that table has no
+    /// masked column.
+    pub fn mask_error(&self, frame: &Frame, catalog: &MaskCatalog) -> Option<(Bytes, u64)> {
         let notice = frame.tag? == b'N';
         let fields = parse_fields(&frame.body)?;
         let code = fields
@@ -275,7 +277,21 @@ impl StoreMasks {
             .find(|(t, _)| *t == b'C')
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
-        let hide_detail = self.has_columns() && (code.starts_with("22") || code.starts_with("23"));
+        let field = |tag: u8| {
+            fields
+                .iter()
+                .find(|(t, _)| *t == tag)
+                .map(|(_, v)| v.as_str())
+        };
+        let clean_table = field(b't').is_some_and(|table| {
+            matches!(
+                catalog.relation(field(b's'), table),
+                crate::policy::mask_sql::RelationInfo::Clean
+            )
+        });
+        let hide_detail = self.has_columns()
+            && (code.starts_with("22") || code.starts_with("23"))
+            && !clean_table;
         let mut changed = false;
         let mut masked = 0u64;
         let mut out_fields = Vec::with_capacity(fields.len());

@@ -1659,7 +1659,8 @@ fn on_server_frame(ctx: &Ctx, frame: Frame, out: &mut BytesMut) -> Result<(), St
             return Ok(());
         }
         b'N' => {
-            match masks.mask_error(&frame) {
+            let catalogs = ctx.lock().catalogs.clone();
+            match masks.mask_error(&frame, &catalogs.union) {
                 Some((b, n)) => {
                     ctx.lock().session.masked_values += n;
                     out.put_slice(&b);
@@ -1788,7 +1789,7 @@ fn on_server_frame(ctx: &Ctx, frame: Frame, out: &mut BytesMut) -> Result<(), St
                         Some(d) => (denial_error(d), d.reason.clone()),
                         None => (
                             masks
-                                .mask_error(&frame)
+                                .mask_error(&frame, &sh.catalogs.union)
                                 .map(|(b, _)| b)
                                 .unwrap_or_else(|| frame.to_bytes()),
                             error_text(&frame),
@@ -2109,7 +2110,7 @@ fn forward_copy(
 
 /// An ErrorResponse that answers nothing the proxy tracks precisely.
 fn forward_error(ctx: &Ctx, sh: &mut Shared, frame: &Frame, out: &mut BytesMut) {
-    match ctx.store.masks.mask_error(frame) {
+    match ctx.store.masks.mask_error(frame, &sh.catalogs.union) {
         Some((b, n)) => {
             sh.session.masked_values += n;
             out.put_slice(&b);
