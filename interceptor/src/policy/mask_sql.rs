@@ -656,11 +656,11 @@ fn unknown_relations(statement: &Statement, catalog: &MaskCatalog) -> Vec<String
                 Some((s, n)) => (Some(s), n),
                 None => (None, full.as_str()),
             };
-            !name.is_empty()
-                && !name.starts_with("pg_")
-                && !(schema.is_none() && names.ctes.contains(name))
-                && !matches!(schema, Some("pg_catalog" | "information_schema"))
-                && matches!(catalog.relation(schema, name), RelationInfo::Unknown)
+            let system = name.starts_with("pg_")
+                || matches!(schema, Some("pg_catalog" | "information_schema"));
+            let cte = schema.is_none() && names.ctes.contains(name);
+            let skip = name.is_empty() || system || cte;
+            !skip && matches!(catalog.relation(schema, name), RelationInfo::Unknown)
         })
         .collect()
 }
