@@ -48,8 +48,9 @@ enum Command {
         /// Run CMD even when no interceptor programs are attached to the cgroup.
         #[arg(long)]
         allow_detached: bool,
+        /// Any bytes, not only UTF-8: passed to CMD as given.
         #[arg(required = true, last = true)]
-        cmd: Vec<String>,
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Validate the config and its policies; non-zero exit on any error.
     Check {
@@ -249,7 +250,7 @@ fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn exec(path: &Path, allow_detached: bool, cmd: &[String]) -> Result<()> {
+fn exec(path: &Path, allow_detached: bool, cmd: &[std::ffi::OsString]) -> Result<()> {
     let cfg = load(path)?;
     let cgroup = redirect::cgroup::resolve(&cfg.daemon.cgroup, false)?;
     let pins = redirect::pin_status(&cfg.daemon.bpffs);
@@ -263,7 +264,7 @@ fn exec(path: &Path, allow_detached: bool, cmd: &[String]) -> Result<()> {
     redirect::cgroup::join(&cgroup, std::process::id())?;
     let (program, args) = cmd.split_first().context("no command given")?;
     let err = std::process::Command::new(program).args(args).exec();
-    Err(err).with_context(|| format!("cannot run {program}"))
+    Err(err).with_context(|| format!("cannot run {}", program.to_string_lossy()))
 }
 
 fn status(path: &Path, json: bool) -> Result<()> {

@@ -1236,3 +1236,56 @@ fn error_details_are_hidden_only_where_masked_values_could_be() {
         "{t}"
     );
 }
+
+/// A session in another client_encoding (psycopg's test suite sets LATIN9):
+/// a statement that is not UTF-8 never ends the session. The default
+/// policy denies it as unparsable, saying why; with no rules it runs.
+#[test]
+fn statements_in_another_client_encoding_never_end_the_session() {
+    use std::os::unix::ffi::OsStrExt;
+    require_root();
+    let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
+    // 'café' in LATIN9: 0xE9 is not UTF-8.
+    let latin9 = std::ffi::OsStr::from_bytes(b"SELECT 'caf\xe9' AS word");
+    let run = |d: &Daemon| {
+        let out = in_cgroup(d, &pg, "app", &["psql", "-X", "-A", "-t"])
+            .env("PGCLIENTENCODING", "LATIN9")
+            .arg("-c")
+            .arg(latin9)
+            .args(["-c", "SELECT 'still here'"])
+            .output()
+            .expect("psql");
+        (
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_cg, d) = daemon("pg-encoding", 948, &pg, "upstream_tls = \"disable\"");
+    let (stdout, stderr) = run(&d);
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(stderr.contains("not valid UTF-8"), "{stderr}");
+    assert!(stderr.contains("no-unparsable-sql"), "{stderr}");
+    assert!(
+        stdout.contains("still here"),
+        "the session ended: {stdout} {stderr}"
+    );
+    drop(d);
+
+    let cg = TestCgroup::new("pg-encoding-open");
+    let postgres = interceptor_tests::Store {
+        name: "postgres".into(),
+        protocol: "postgres".into(),
+        targets: vec![pg.addr()],
+    };
+    let mut open = Daemon::prepare("pg-encoding-open", &cg, 949, &[postgres], "");
+    open.spawn();
+    let (stdout, stderr) = run(&open);
+    // psql prints the result in the session's encoding: 0xE9 again.
+    assert!(
+        stdout.windows(4).any(|w| w == b"caf\xe9"),
+        "{} {stderr}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(String::from_utf8_lossy(&stdout).contains("still here"));
+}

@@ -152,6 +152,29 @@ pub fn analyze_full(
     (analysis, asts, normalized)
 }
 
+/// The analysis of a statement whose bytes are not UTF-8 (a session in
+/// another client_encoding), given as its text with the invalid bytes
+/// replaced: one unparsable statement, since the analyzer cannot know
+/// what the replaced bytes spell (a name a rule or mask lists, or, in an
+/// encoding that is not ASCII-safe, a quote). Denied by default like any
+/// unparsable statement; a rule may allow it.
+pub fn undecodable(text: &str) -> (Analysis, Vec<Option<Statement>>) {
+    let error = "the statement is not valid UTF-8 (the session's client_encoding is not UTF8); \
+                 the proxy checks statements in UTF-8 only: set client_encoding to UTF8"
+        .to_string();
+    (
+        Analysis {
+            statements: vec![StatementInfo {
+                kind: naive_kind(text),
+                error: Some(error.clone()),
+                ..StatementInfo::default()
+            }],
+            unparsable: Some(error),
+        },
+        vec![None],
+    )
+}
+
 /// The PostgreSQL tokens of `sql`, or the tokenizer's error.
 pub fn tokenize_sql(sql: &str) -> Result<Vec<TokenWithSpan>, String> {
     Tokenizer::new(&PostgreSqlDialect {}, sql)

@@ -566,6 +566,25 @@ impl<'a> Reader<'a> {
         out
     }
 
+    /// A NUL-terminated string, and whether it was UTF-8: if not, its
+    /// text with every invalid sequence replaced by U+FFFD (for a session
+    /// whose client_encoding is not UTF8; the bytes themselves are
+    /// forwarded from the frame, never from this text).
+    pub(crate) fn cstr_lossy(&mut self, field: &str) -> Result<(PgStr, bool), CodecError> {
+        let Some(nul) = self.body[self.pos..].iter().position(|&b| b == 0) else {
+            return Err(self.err(format!("field `{field}` is missing its NUL terminator")));
+        };
+        let bytes = self.body.slice(self.pos..self.pos + nul);
+        self.pos += nul + 1;
+        Ok(match PgStr::from_utf8(bytes.clone()) {
+            Ok(s) => (s, true),
+            Err(_) => (
+                PgStr::from(String::from_utf8_lossy(&bytes).into_owned()),
+                false,
+            ),
+        })
+    }
+
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self, field: &str) -> Result<PgStr, CodecError> {
         let Some(nul) = self.body[self.pos..].iter().position(|&b| b == 0) else {

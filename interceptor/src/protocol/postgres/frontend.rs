@@ -154,6 +154,23 @@ impl Message for Query {
     }
 }
 
+impl Query {
+    /// [`Message::parse`], except that SQL text that is not UTF-8 (a session
+    /// in another client_encoding) is not an error: the text comes back
+    /// with invalid bytes replaced, and `false`.
+    pub fn parse_any_encoding(frame: &Frame) -> Result<(Query, bool), CodecError> {
+        let error = match Query::parse(frame) {
+            Ok(q) => return Ok((q, true)),
+            Err(e) => e,
+        };
+        let mut r = Reader::new(Self::NAME, &frame.body);
+        match r.cstr_lossy("query") {
+            Ok((sql, false)) if r.finish().is_ok() => Ok((Query { sql }, false)),
+            _ => Err(error),
+        }
+    }
+}
+
 /// Parse ('P'): prepares one statement under `name` (empty = unnamed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parse {
@@ -197,6 +214,40 @@ impl Message for Parse {
         for oid in &self.param_types {
             out.put_u32(*oid);
         }
+    }
+}
+
+impl Parse {
+    /// [`Message::parse`], except that SQL text that is not UTF-8 is not an
+    /// error (see [`Query::parse_any_encoding`]); the statement name must
+    /// still be UTF-8.
+    pub fn parse_any_encoding(frame: &Frame) -> Result<(Parse, bool), CodecError> {
+        let error = match Parse::parse(frame) {
+            Ok(p) => return Ok((p, true)),
+            Err(e) => e,
+        };
+        let mut r = Reader::new(Self::NAME, &frame.body);
+        let Ok(name) = r.cstr("statement name") else {
+            return Err(error);
+        };
+        let Ok((sql, false)) = r.cstr_lossy("query") else {
+            return Err(error);
+        };
+        // The rest is as valid as Parse::parse found it, or not: decode it
+        // again behind a UTF-8 stand-in for the text.
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, &name);
+        put_cstr(&mut body, "");
+        body.extend_from_slice(&r.rest());
+        let rest = Parse::decode_body(&body.freeze()).map_err(|_| error)?;
+        Ok((
+            Parse {
+                name,
+                sql,
+                param_types: rest.param_types,
+            },
+            false,
+        ))
     }
 }
 

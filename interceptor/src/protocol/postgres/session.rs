@@ -1069,12 +1069,14 @@ impl ClientSide {
         let tag = frame.tag.unwrap_or(0);
         match tag {
             b'Q' => {
-                let q = Query::parse(&frame).map_err(|e| protocol_error(&e))?;
-                self.query(ctx, &q.sql, &frame, out);
+                let (q, utf8) =
+                    Query::parse_any_encoding(&frame).map_err(|e| protocol_error(&e))?;
+                self.query(ctx, &q.sql, utf8, &frame, out);
             }
             b'P' => {
-                let p = Parse::parse(&frame).map_err(|e| protocol_error(&e))?;
-                self.parse(ctx, p, &frame, out);
+                let (p, utf8) =
+                    Parse::parse_any_encoding(&frame).map_err(|e| protocol_error(&e))?;
+                self.parse(ctx, p, utf8, &frame, out);
             }
             b'B' => {
                 let b = Bind::parse(&frame).map_err(|e| protocol_error(&e))?;
@@ -1211,8 +1213,25 @@ impl ClientSide {
     /// their statements: every extended-protocol execution re-sends its
     /// Parse, and simple-protocol clients inline different literals into the
     /// same statement. A shape hit costs a tokenization instead of a parse.
-    fn decided(&mut self, ctx: &Ctx, sql: &str) -> Arc<Decided> {
+    /// `utf8` false: `sql` is the text of a statement that was not UTF-8,
+    /// with its invalid bytes replaced; it is decided as unparsable.
+    fn decided(&mut self, ctx: &Ctx, sql: &str, utf8: bool) -> Arc<Decided> {
         let catalogs = ctx.lock().catalogs.clone();
+        if !utf8 {
+            let (analysis, parsed) = crate::policy::sql::undecodable(sql);
+            let (denied, _) = self.decide(ctx, &analysis, &parsed, &catalogs);
+            let infos = analysis
+                .statements
+                .iter()
+                .map(|s| (command_name(&s.kind), None))
+                .collect();
+            return Arc::new(Decided {
+                denied,
+                infos,
+                statement: statement_for_audit(sql, ctx.store.statements, &ctx.store.masks.key),
+                ddl: analysis.statements.iter().any(|s| is_ddl(&s.kind)),
+            });
+        }
         if let Some((at, d)) = self.cache.get(sql) {
             if Arc::ptr_eq(at, &catalogs) {
                 return d.clone();
@@ -1280,8 +1299,8 @@ impl ClientSide {
         d
     }
 
-    fn query(&mut self, ctx: &Ctx, sql: &str, frame: &Frame, out: &mut BytesMut) {
-        let decided = self.decided(ctx, sql);
+    fn query(&mut self, ctx: &Ctx, sql: &str, utf8: bool, frame: &Frame, out: &mut BytesMut) {
+        let decided = self.decided(ctx, sql, utf8);
         let denied = decided.denied.clone();
         let mut sh = ctx.lock();
         let mut events = Vec::with_capacity(decided.infos.len());
@@ -1338,8 +1357,8 @@ impl ClientSide {
         }
     }
 
-    fn parse(&mut self, ctx: &Ctx, p: Parse, frame: &Frame, out: &mut BytesMut) {
-        let decided = self.decided(ctx, &p.sql);
+    fn parse(&mut self, ctx: &Ctx, p: Parse, utf8: bool, frame: &Frame, out: &mut BytesMut) {
+        let decided = self.decided(ctx, &p.sql, utf8);
         let denied = decided.denied.clone();
         let statement = decided.statement.clone();
         let (command, target) = decided

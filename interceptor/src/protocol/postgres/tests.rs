@@ -899,3 +899,33 @@ fn a_declared_length_alone_does_not_pin_memory() {
     assert_eq!(decode_frame(&mut buf, DEFAULT_MAX_MESSAGE), Ok(None));
     assert!(buf.capacity() <= 5 + MAX_RESERVE + 64, "{}", buf.capacity());
 }
+
+/// SQL text in another client_encoding decodes with its invalid bytes
+/// replaced and a flag; everything else about the message stays strict.
+#[test]
+fn query_and_parse_in_another_encoding() {
+    let q = frame(b'Q', b"SELECT 'caf\xe9'\0");
+    assert!(Query::parse(&q).is_err());
+    let (query, utf8) = Query::parse_any_encoding(&q).expect("decodes");
+    assert!(!utf8);
+    assert_eq!(query.sql.as_str(), "SELECT 'caf\u{fffd}'");
+    let (query, utf8) = Query::parse_any_encoding(&frame(b'Q', b"SELECT 1\0")).expect("decodes");
+    assert!(utf8);
+    assert_eq!(query.sql.as_str(), "SELECT 1");
+    // Still malformed: no terminator, trailing bytes.
+    assert!(Query::parse_any_encoding(&frame(b'Q', b"SELECT '\xe9'")).is_err());
+    assert!(Query::parse_any_encoding(&frame(b'Q', b"SELECT '\xe9'\0x")).is_err());
+
+    let p = frame(b'P', b"s1\0SELECT '\xe9' = $1\0\x00\x01\x00\x00\x00\x19");
+    let (parse, utf8) = Parse::parse_any_encoding(&p).expect("decodes");
+    assert!(!utf8);
+    assert_eq!(parse.name.as_str(), "s1");
+    assert_eq!(parse.sql.as_str(), "SELECT '\u{fffd}' = $1");
+    assert_eq!(parse.param_types, vec![25]);
+    // A bad parameter list, or a statement name that is not UTF-8, is
+    // still an error.
+    assert!(
+        Parse::parse_any_encoding(&frame(b'P', b"s1\0SELECT '\xe9'\0\x00\x02\x00\x00")).is_err()
+    );
+    assert!(Parse::parse_any_encoding(&frame(b'P', b"s\xe9\0SELECT 1\0\x00\x00")).is_err());
+}
