@@ -14,6 +14,7 @@ Scenarios:
   txn                  denial inside an explicit transaction: prints the
                        steps' outcomes and whether the insert survived.
   cancel               runs pg_sleep(30) and cancels it from another thread
+  cancel_safe          the same with conn.cancel_safe() (libpq 17+ cancel API)
                        once the server runs it; prints {"sqlstate", "seconds"}.
   info                 prints {"user", "ssl", "db"} as the server sees them.
 """
@@ -98,7 +99,8 @@ def txn(dsn):
     return steps
 
 
-def cancel(dsn):
+def cancel(dsn, safe=False):
+    cancel_error = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         pid = conn.info.backend_pid
 
@@ -115,7 +117,13 @@ def cancel(dsn):
                     if row[0]:
                         break
                     time.sleep(0.02)
-            conn.cancel()
+            try:
+                # cancel_safe(): libpq 17+'s PQcancelCreate, encrypted like
+                # the session (sslmode), which reports a TLS leg that ends
+                # without close_notify; cancel(): the classic PQcancel.
+                conn.cancel_safe() if safe else conn.cancel()
+            except Exception as e:  # reported, not raised in the thread
+                cancel_error.append(str(e))
         threading.Thread(target=later, daemon=True).start()
         start = time.monotonic()
         try:
@@ -124,7 +132,8 @@ def cancel(dsn):
         except psycopg.Error as e:
             state = e.sqlstate
         return {"sqlstate": state, "seconds": time.monotonic() - start,
-                "after": conn.execute("SELECT 1").fetchone()[0]}
+                "after": conn.execute("SELECT 1").fetchone()[0],
+                "cancel_error": cancel_error[0] if cancel_error else None}
 
 
 def info(dsn):
@@ -143,6 +152,8 @@ def main():
         result = txn(dsn)
     elif scenario == "cancel":
         result = cancel(dsn)
+    elif scenario == "cancel_safe":
+        result = cancel(dsn, safe=True)
     elif scenario == "info":
         result = info(dsn)
     else:

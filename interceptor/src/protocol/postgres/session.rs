@@ -203,7 +203,10 @@ enum ClientStart {
         tls: bool,
         sni: Option<String>,
     },
-    Cancel(CancelRequest),
+    /// With the client's connection, to end it cleanly (over TLS, with
+    /// close_notify: libpq 17+ reads a cancel connection to its end and
+    /// reports an abrupt one as an error).
+    Cancel(CancelRequest, BoxIo),
 }
 
 /// The session, from startup to the end; returns the end reason.
@@ -229,8 +232,11 @@ async fn run(
         Ok(Ok(s)) => s,
     };
     let (mut client, mut cbuf, startup, client_tls, sni) = match start {
-        ClientStart::Cancel(cancel) => {
-            return relay_cancel(cancel, upstream, session, store, recorder, &default_name).await
+        ClientStart::Cancel(cancel, mut io) => {
+            let end =
+                relay_cancel(cancel, upstream, session, store, recorder, &default_name).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
+            return end;
         }
         ClientStart::Session {
             io,
@@ -450,7 +456,7 @@ async fn negotiate_client(
                     .await
                     .map_err(|e| format!("client write failed: {e}"))?;
             }
-            StartupFrame::CancelRequest(c) => return Ok(ClientStart::Cancel(c)),
+            StartupFrame::CancelRequest(c) => return Ok(ClientStart::Cancel(c, Box::new(tcp))),
             StartupFrame::Startup(startup) => {
                 return Ok(ClientStart::Session {
                     io: Box::new(tcp),
@@ -475,7 +481,7 @@ async fn after_tls(mut io: BoxIo, sni: Option<String>) -> Result<ClientStart, St
             tls: true,
             sni,
         }),
-        StartupFrame::CancelRequest(c) => Ok(ClientStart::Cancel(c)),
+        StartupFrame::CancelRequest(c) => Ok(ClientStart::Cancel(c, io)),
         StartupFrame::SslRequest | StartupFrame::GssEncRequest => {
             let _ = io
                 .write_all(&error_response(
