@@ -233,8 +233,7 @@ async fn run(
     };
     let (mut client, mut cbuf, startup, client_tls, sni) = match start {
         ClientStart::Cancel(cancel, mut io) => {
-            let end =
-                relay_cancel(cancel, upstream, session, store, recorder, &default_name).await;
+            let end = relay_cancel(cancel, upstream, session, store, recorder, &default_name).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
             return end;
         }
