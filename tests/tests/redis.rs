@@ -198,6 +198,10 @@ fn check_cli_reads(d: &Daemon, server: &RedisServer, via: &Via) {
     // An AWS key in an unmasked key: caught by the detector.
     let o = cli_ok(d, server, via, &["GET", "public:leak"]);
     assert_eq!(o.trim(), format!("key={MASK}"), "detector: {o}");
+    // INFO (server statistics, which client libraries read) is allowed by
+    // its own rule although Redis files it under @dangerous.
+    let o = cli_ok(d, server, via, &["INFO", "server"]);
+    assert!(o.contains("redis_version:"), "INFO: {o}");
     for (args, rule) in [
         (&["FLUSHALL"][..], "no-dangerous-redis-commands"),
         (

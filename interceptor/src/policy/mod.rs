@@ -158,6 +158,8 @@ mod tests {
             "PING",
             "CLIENT SETNAME job",
             "CLIENT REPLY ON",
+            "INFO",
+            "info server",
             "SCAN 0 MATCH x*",
             "SUBSCRIBE ch",
             "MULTI",
