@@ -1047,10 +1047,14 @@ fn copy_in_and_out_notices_and_notifications_pass_through() {
 }
 
 /// A table created after the catalog was read (here by an admin, outside
-/// the proxy): its columns are masked wholesale until the session re-reads
-/// the catalog, then exactly the masked ones.
+/// the proxy, as a migration run from elsewhere would): a statement that
+/// names it makes the session read the catalog again before it is
+/// forwarded, outside and inside a transaction block, so that exactly the
+/// masked columns are masked (alembic's first read of alembic_version used
+/// to come back as `********`). A relation that does not exist costs one
+/// read and is reported as such.
 #[test]
-fn relations_unknown_to_the_catalog_are_masked_until_it_is_reread() {
+fn relations_unknown_to_the_catalog_make_the_session_reread_it() {
     require_root();
     let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
     let (_cg, d) = daemon("pg-late", 943, &pg, "upstream_tls = \"disable\"");
@@ -1079,7 +1083,46 @@ fn relations_unknown_to_the_catalog_are_masked_until_it_is_reread() {
     );
     let out = psql(&["SELECT * FROM late", "SELECT * FROM late"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines, vec!["********|********", "7|********"], "{out}");
+    assert_eq!(lines, vec!["7|********", "7|********"], "{out}");
+
+    // Inside a transaction block (psycopg's default, alembic's migration
+    // context), on a session whose catalog is already loaded.
+    pg.admin_sql(
+        DATABASE,
+        "CREATE TABLE later (id int, version_num text, db_password text);\n\
+         INSERT INTO later VALUES (8, 'a1', 'pw-later-8');\n\
+         GRANT SELECT ON later TO app;",
+    );
+    let out = psql(&[
+        "BEGIN",
+        "SELECT id, version_num, db_password FROM later",
+        "COMMIT",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, vec!["BEGIN", "8|a1|********", "COMMIT"], "{out}");
+
+    // A relation that does not exist: named in the error, session goes on.
+    let args = [
+        "psql",
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+        "SELECT * FROM nowhere ORDER BY 1",
+        "-c",
+        "SELECT * FROM nowhere ORDER BY 1",
+        "-c",
+        "SELECT id FROM late",
+    ];
+    let out = in_cgroup(&d, &pg, "app", &args).output().expect("psql");
+    let t = text(&out);
+    assert_eq!(
+        t.matches("ERROR:  interceptor: the statement would reveal masked values: relation nowhere is not in the catalog")
+            .count(),
+        2,
+        "{t}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7", "{t}");
 }
 
 /// PostgreSQL 17 direct TLS (`sslnegotiation=direct`): a ClientHello first,

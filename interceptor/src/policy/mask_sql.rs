@@ -616,8 +616,10 @@ pub fn check(
 
 /// The relations a statement reads that a loaded catalog does not have
 /// (system relations and WITH query names aside), for the denial message:
-/// a typo or a missing table is then named as the cause.
-fn unknown_relations(statement: &Statement, catalog: &MaskCatalog) -> Vec<String> {
+/// a typo or a missing table is then named as the cause, and the session
+/// reads the catalog again before it forwards the statement (a table
+/// created since the catalog was read, by a client the proxy does not see).
+pub fn unknown_relations(statement: &Statement, catalog: &MaskCatalog) -> Vec<String> {
     struct Names {
         relations: BTreeSet<String>,
         ctes: HashSet<String>,

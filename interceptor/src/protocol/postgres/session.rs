@@ -939,6 +939,7 @@ where
         statements: HashMap::new(),
         portals: HashMap::new(),
         denied: std::collections::HashSet::new(),
+        reread_for: std::collections::HashSet::new(),
     };
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -948,7 +949,9 @@ where
                 Ok(None) => break,
                 Err(e) => return Err(protocol_error(&e)),
             };
-            if matches!(frame.tag, Some(b'Q' | b'P')) && catalog_due(ctx) {
+            if matches!(frame.tag, Some(b'Q' | b'P'))
+                && (catalog_due(ctx) || up.names_unknown_relation(ctx, &frame))
+            {
                 flush(server, &mut out, ctx).await?;
                 refresh_catalog(ctx, server).await?;
             }
@@ -1056,6 +1059,9 @@ struct ClientSide {
     /// Normalized text -> decision, for verdicts that do not depend on
     /// literals (see [`ClientSide::decide`]).
     shapes: HashMap<String, (Arc<Catalogs>, Arc<Decided>)>,
+    /// Texts that named an unknown relation and made this session read the
+    /// catalog again: a relation that does not exist is not read for twice.
+    reread_for: std::collections::HashSet<String>,
 }
 
 /// What the policy made of one SQL text.
@@ -1067,6 +1073,9 @@ struct Decided {
     statement: String,
     /// DDL: catalogs read before it are stale.
     ddl: bool,
+    /// It names a relation the (loaded) catalog does not have: the catalog
+    /// is read again before it is forwarded, once per text.
+    unknown_relation: bool,
 }
 
 impl ClientSide {
@@ -1155,6 +1164,54 @@ impl ClientSide {
         Ok(Flow::Continue)
     }
 
+    /// Whether `frame` (a Query or Parse) names a relation this session's
+    /// catalog does not have, created since it was read by a client the
+    /// proxy does not see (a migration run from elsewhere): its columns
+    /// would be masked as unknown (fail closed). Then the catalog is read
+    /// again on this session before the statement is decided, when nothing
+    /// is in flight and no failed transaction would refuse the read (inside
+    /// a transaction block the read runs in it: a plain catalog SELECT);
+    /// once per text, so a relation that does not exist costs one read.
+    fn names_unknown_relation(&mut self, ctx: &Ctx, frame: &Frame) -> bool {
+        if !ctx.store.masks.has_columns() {
+            return false;
+        }
+        {
+            let sh = ctx.lock();
+            let quiet = sh.pending.is_empty()
+                && !sh.discard_until_sync
+                && sh.txn != TransactionStatus::Failed;
+            if !quiet || !sh.catalogs.union.is_loaded() {
+                return false;
+            }
+        }
+        // Longer texts are not kept in the decision cache: deciding them
+        // here would parse them twice. Their results stay fail closed.
+        if frame.body.len() > 4096 {
+            return false;
+        }
+        let sql = match frame.tag {
+            Some(b'Q') => {
+                Query::parse_any_encoding(frame).map(|(q, utf8)| (q.sql.to_string(), utf8))
+            }
+            Some(b'P') => {
+                Parse::parse_any_encoding(frame).map(|(p, utf8)| (p.sql.to_string(), utf8))
+            }
+            _ => return false,
+        };
+        let Ok((sql, true)) = sql else {
+            return false;
+        };
+        if !self.decided(ctx, &sql, true).unknown_relation
+            || self.reread_for.len() >= 4096
+            || !self.reread_for.insert(sql)
+        {
+            return false;
+        }
+        ctx.lock().catalog_own_read = true;
+        true
+    }
+
     /// The rules and, when the store masks columns, the masking check over
     /// every parsed statement. The flag says whether the verdict holds for
     /// any statement of the same shape (same text up to literals): the rules
@@ -1235,6 +1292,7 @@ impl ClientSide {
                 infos,
                 statement: statement_for_audit(sql, ctx.store.statements, &ctx.store.masks.key),
                 ddl: analysis.statements.iter().any(|s| is_ddl(&s.kind)),
+                unknown_relation: false,
             });
         }
         if let Some((at, d)) = self.cache.get(sql) {
@@ -1279,11 +1337,18 @@ impl ClientSide {
                 .map(|s| (command_name(&s.kind), target_of(&s.relations)))
                 .collect()
         };
+        let unknown_relation = ctx.store.masks.has_columns()
+            && catalogs.union.is_loaded()
+            && parsed
+                .iter()
+                .flatten()
+                .any(|st| !mask_sql::unknown_relations(st, &catalogs.union).is_empty());
         let d = Arc::new(Decided {
             denied,
             infos,
             statement: audit_text,
             ddl: analysis.statements.iter().any(|s| is_ddl(&s.kind)),
+            unknown_relation,
         });
         // Bounded: a client sending endless distinct texts just keeps
         // missing.
