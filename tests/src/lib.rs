@@ -22,6 +22,7 @@ use std::{
 use serde_json::Value;
 
 pub mod bao;
+pub mod conformance;
 pub mod pg;
 pub mod redis;
 

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask <setup|build|run|demo|test|bench|fuzz|sql-corpus>`.
+//! Project tasks: `cargo xtask <setup|build|run|demo|test|bench|fuzz|sql-corpus|conformance>`.
 
+mod conformance;
 mod corpus;
 mod fuzz;
 mod setup;
@@ -94,6 +95,15 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Real tools and libraries (psql, pg_dump, pgbench, psycopg, SQLAlchemy,
+    /// alembic, Django, redis-cli, redis-py, rq, bao, hvac) run direct and
+    /// through the interceptor under policies/default.toml; prints the verdict
+    /// of each case (tests/tests/conformance*.rs; also part of `test`) (root).
+    Conformance {
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// fmt check, clippy, build, the whole test suite as root, then a short run of each fuzz target.
     Test {
         /// Seconds per fuzz target after the tests (0 skips fuzzing).
@@ -117,6 +127,7 @@ fn main() -> ExitCode {
         Task::Demo { keep, stop, config } => demo(keep, stop, config),
         Task::Fuzz { target, seconds } => fuzz::fuzz(target.as_deref(), seconds),
         Task::SqlCorpus { only } => sql_corpus(only),
+        Task::Conformance { args } => conformance(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -257,6 +268,23 @@ fn sql_corpus(only: Option<String>) -> Result<()> {
     corpus::sql_corpus(only)
 }
 
+fn conformance(args: Vec<String>) -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask conformance` must run as root: it attaches the daemon to child cgroups and starts real servers");
+    }
+    ensure_setup()?;
+    let bin = build(false)?;
+    conformance::clear()?;
+    let mut cargo_args = vec!["-p".to_string(), "interceptor-tests".to_string()];
+    for target in conformance::test_targets()? {
+        cargo_args.extend(["--test".to_string(), target]);
+    }
+    let (tally, status) = cargo_test(&bin, &cargo_args, &args)?;
+    let table = conformance::report_if_any()?;
+    println!("{table}");
+    finish(&tally, status)
+}
+
 fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
     if !is_root() {
         bail!(
@@ -287,11 +315,36 @@ fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (&args[..], &[][..]),
     };
+    conformance::clear()?;
+    let mut cargo_args = cargo_args.to_vec();
+    cargo_args.insert(0, "--workspace".into());
+    let (tally, status) = cargo_test(&bin, &cargo_args, harness_args)?;
+    conformance::report_if_any()?;
+
+    // The fuzz runs come after a clean test run; the tally stays the last line.
+    let tests_ok = tally.failed == 0 && status.success() && tally.results > 0;
+    let fuzzed = (tests_ok && fuzz_seconds > 0).then(|| fuzz::fuzz(None, fuzz_seconds));
+
+    finish(&tally, status)?;
+    if let Some(result) = fuzzed {
+        result.context("fuzzing found a problem (see above)")?;
+    }
+    Ok(())
+}
+
+/// `cargo test --no-fail-fast ARGS -- HARNESS` with the binary under test
+/// and the pinned python3 and bao on PATH, its output streamed and tallied.
+fn cargo_test(
+    bin: &std::path::Path,
+    cargo_args: &[String],
+    harness_args: &[String],
+) -> Result<(Tally, std::process::ExitStatus)> {
     let mut cmd = cargo();
-    // The pinned python3 (psycopg, redis, hvac, duckdb, pyarrow) and bao.
-    cmd.env("INTERCEPTOR_BIN", &bin)
+    // The pinned python3 (psycopg, redis, hvac, duckdb, pyarrow, ...) and bao.
+    cmd.env("INTERCEPTOR_BIN", bin)
         .env("PATH", setup::path_with_venv()?)
-        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("INTERCEPTOR_CONFORMANCE_DIR", conformance::verdicts_dir()?)
+        .args(["test", "--no-fail-fast"])
         .args(cargo_args)
         .arg("--");
     if !harness_args.iter().any(|a| a.starts_with("--test-threads")) {
@@ -305,7 +358,10 @@ fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("could not start `{}`", show(&cmd)))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
+    let stdout = child
+        .stdout
+        .take()
+        .context("cargo test's stdout is not piped")?;
     let mut tally = Tally::default();
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(stdout).lines() {
@@ -315,11 +371,11 @@ fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
     }
     drop(out);
     let status = child.wait()?;
+    Ok((tally, status))
+}
 
-    // The fuzz runs come after a clean test run; the tally stays the last line.
-    let tests_ok = tally.failed == 0 && status.success() && tally.results > 0;
-    let fuzzed = (tests_ok && fuzz_seconds > 0).then(|| fuzz::fuzz(None, fuzz_seconds));
-
+/// Prints the tally; fails unless every test passed and some ran.
+fn finish(tally: &Tally, status: std::process::ExitStatus) -> Result<()> {
     println!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 {
         bail!("{} test(s) failed (see above)", tally.failed);
@@ -329,9 +385,6 @@ fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {
     }
     if tally.results == 0 {
         bail!("`cargo test` reported no test results");
-    }
-    if let Some(result) = fuzzed {
-        result.context("fuzzing found a problem (see above)")?;
     }
     Ok(())
 }
