@@ -290,6 +290,12 @@ fn rewrite_leading_keyword(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan>
 /// read-only transaction waits for a safe snapshot, nothing a rule or mask
 /// looks at.
 fn drop_deferrable(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let is_word = |t: &TokenWithSpan, k: &str| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
+    // Every statement passes here: look at its first words only when it
+    // has the keyword at all.
+    if !tokens.iter().any(|t| is_word(t, "deferrable")) {
+        return tokens;
+    }
     let words: Vec<String> = tokens
         .iter()
         .filter_map(|t| match &t.token {
@@ -307,8 +313,7 @@ fn drop_deferrable(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
             | ["set", "transaction", ..]
             | ["set", "session", "characteristics", ..]
     );
-    let is_word = |t: &TokenWithSpan, k: &str| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
-    if !transaction || !tokens.iter().any(|t| is_word(t, "deferrable")) {
+    if !transaction {
         return tokens;
     }
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
