@@ -315,17 +315,26 @@ impl PgServer {
         self.expect_ok(&out, &format!("psql as {user}: {sql}"))
     }
 
+    /// `psql -X -q` as the superuser over the unix socket (not
+    /// intercepted), in database `db`, with no libpq environment of the
+    /// caller's; add the arguments.
+    pub fn superuser_psql(&self, db: &str) -> Command {
+        let mut cmd = Command::new("psql");
+        cmd.env_remove("PGSSLMODE")
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE")
+            .args(["-X", "-q", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", db]);
+        cmd
+    }
+
     /// Runs `sql` (one or more statements, each in its own transaction) as
     /// the superuser over the unix socket, in database `db`.
     pub fn admin_sql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new("psql")
-            .env_remove("PGSSLMODE")
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(self.socket_dir())
-            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", db])
-            .args(["-f", "-"])
+        let out = self
+            .superuser_psql(db)
+            .args(["-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

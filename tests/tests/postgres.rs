@@ -11,7 +11,7 @@ use std::{
 
 use interceptor_tests::{
     expect_success as ok, files_under as walk, output_text as text,
-    pg::{Auth, PgOptions, PgServer, DATABASE, SUPERUSER},
+    pg::{Auth, PgOptions, PgServer, DATABASE},
     require_root, wait_for, workspace_root, Daemon, StoreAt, TestCgroup,
 };
 use serde_json::Value;
@@ -585,20 +585,9 @@ fn malformed_oversized_and_function_call_messages_end_only_their_session() {
     // A session that must stay open, in the middle of a query, across
     // everything below: it waits for an advisory lock that a superuser
     // session (over the unix socket, not intercepted) holds until the end.
-    let mut holder = Command::new("psql")
-        .env_remove("PGSSLMODE")
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSERVICE")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(pg.socket_dir())
-        .args([
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            SUPERUSER,
-            "-d",
-            DATABASE,
-        ])
+    let mut holder = pg
+        .superuser_psql(DATABASE)
+        .args(["-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -22,14 +22,14 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::{Command, ExitCode, Stdio},
+    process::{ExitCode, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use interceptor::policy::sql::analyze;
 use interceptor_tests::{
-    pg::{Auth, PgOptions, PgServer, SUPERUSER},
+    pg::{Auth, PgOptions, PgServer},
     require_root,
 };
 
@@ -198,22 +198,10 @@ fn run(args: &Args) -> Result<(), String> {
 /// Runs one script with psql as the superuser. False if it was stopped for
 /// running too long.
 fn run_script(pg: &PgServer, file: &Path, cwd: &Path) -> Result<bool, String> {
-    let mut child = Command::new("psql")
+    let mut child = pg
+        .superuser_psql(DATABASE)
         .current_dir(cwd)
-        .env_remove("PGSSLMODE")
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSERVICE")
         .env("PGOPTIONS", "-c statement_timeout=30s")
-        .args(["-X", "-q", "-h"])
-        .arg(pg.socket_dir())
-        .args([
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            SUPERUSER,
-            "-d",
-            DATABASE,
-        ])
         .arg("-f")
         .arg(file)
         .stdin(Stdio::null())
