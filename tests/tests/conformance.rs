@@ -352,31 +352,34 @@ fn script(name: &str) -> String {
 
 /// `python3 args` both ways, without bytecode files in the checkout.
 fn python_both(d: &Daemon, pg: &PgServer, args: &[&str]) -> Runs {
-    let direct = pg
-        .client(PYTHON3, "app")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .args(args)
-        .output()
-        .expect("run python3 direct");
-    let mut full = vec!["env", "PYTHONDONTWRITEBYTECODE=1", PYTHON3];
-    full.extend_from_slice(args);
     Runs {
-        direct,
-        intercepted: intercepted(d, pg, full[0], &full[1..]),
+        direct: python_direct(pg, args),
+        intercepted: python_intercepted(d, pg, args),
     }
 }
 
-/// Runs `program args` direct as `app`, and fails with its output unless it works.
-fn direct_ok(pg: &PgServer, program: &str, args: &[&str]) -> String {
-    let out = pg
-        .client(program, "app")
+/// `python3 args` as `app`, direct.
+fn python_direct(pg: &PgServer, args: &[&str]) -> Output {
+    pg.client(PYTHON3, "app")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .args(args)
         .output()
-        .expect("run direct");
+        .expect("run python3 direct")
+}
+
+/// `python3 args` as `app`, inside the cgroup.
+fn python_intercepted(d: &Daemon, pg: &PgServer, args: &[&str]) -> Output {
+    let mut full = vec!["env", "PYTHONDONTWRITEBYTECODE=1", PYTHON3];
+    full.extend_from_slice(args);
+    intercepted(d, pg, full[0], &full[1..])
+}
+
+/// Runs `python3 args` direct as `app`, and fails with its output unless it works.
+fn direct_ok(pg: &PgServer, args: &[&str]) -> String {
+    let out = python_direct(pg, args);
     assert!(
         out.status.success(),
-        "{program} {args:?} (direct): {}",
+        "python3 {args:?} (direct): {}",
         output_text(&out)
     );
     text(&out)
@@ -386,18 +389,11 @@ fn direct_ok(pg: &PgServer, program: &str, args: &[&str]) -> String {
 /// `python3 down` direct (back to where it was), then `python3 up`
 /// intercepted.
 fn migration(d: &Daemon, pg: &PgServer, up: &[&str], down: &[&str]) -> Runs {
-    let direct = pg
-        .client(PYTHON3, "app")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .args(up)
-        .output()
-        .expect("run the migration direct");
-    direct_ok(pg, PYTHON3, down);
-    let mut full = vec!["env", "PYTHONDONTWRITEBYTECODE=1", PYTHON3];
-    full.extend_from_slice(up);
+    let direct = python_direct(pg, up);
+    direct_ok(pg, down);
     Runs {
         direct,
-        intercepted: intercepted(d, pg, full[0], &full[1..]),
+        intercepted: python_intercepted(d, pg, up),
     }
 }
 
@@ -599,7 +595,7 @@ fn pgbench_alembic_and_django_under_the_default_policy() {
         "no-ddl",
         "allow DDL for the migration job by identity, see docs/config.md",
     );
-    direct_ok(&pg, PYTHON3, &up);
+    direct_ok(&pg, &up);
     // Applied: now current, check and history.
     for case in [
         vec!["current"],
@@ -616,11 +612,7 @@ fn pgbench_alembic_and_django_under_the_default_policy() {
     // migrated database.
     let project = script("django_conf");
     let manage = format!("{project}/manage.py");
-    direct_ok(
-        &pg,
-        PYTHON3,
-        &[&manage, "migrate", "confapp", "0001", "--noinput"],
-    );
+    direct_ok(&pg, &[&manage, "migrate", "confapp", "0001", "--noinput"]);
     let r = migration(
         &d,
         &pg,
@@ -634,7 +626,7 @@ fn pgbench_alembic_and_django_under_the_default_policy() {
         "no-ddl",
         "",
     );
-    direct_ok(&pg, PYTHON3, &[&manage, "migrate", "--noinput"]);
+    direct_ok(&pg, &[&manage, "migrate", "--noinput"]);
     let r = python_both(&d, &pg, &[&manage, "migrate", "--noinput"]);
     assert_identical("Django 5.2", "manage.py migrate (nothing to apply)", &r, &d);
     let r = python_both(&d, &pg, &[&script("conformance_pg.py"), "django", &project]);
