@@ -32,6 +32,8 @@ pub struct RedisOptions {
     pub tls: bool,
     /// TLS only: `--port 0`.
     pub tls_only: bool,
+    /// More `redis-server` arguments (e.g. `--enable-debug-command yes`).
+    pub args: Vec<String>,
 }
 
 pub struct RedisServer {
@@ -197,6 +199,7 @@ impl RedisServer {
         if let Some(p) = &self.opts.password {
             cmd.args(["--requirepass", p]);
         }
+        cmd.args(&self.opts.args);
         if tls {
             cmd.args(["--tls-port", &self.tls_port.to_string()])
                 .arg("--tls-cert-file")

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask <setup|build|run|demo|test|bench|fuzz|sql-corpus|conformance>`.
+//! Project tasks: `cargo xtask <setup|build|run|demo|test|bench|fuzz|sql-corpus|conformance|peer-suites>`.
 
 mod conformance;
 mod corpus;
 mod fuzz;
+mod peer;
 mod setup;
 mod util;
 
@@ -104,6 +105,29 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The peer libraries' own test suites (redis-py 8.2.0, psycopg 3.3.4; pinned in
+    /// pins/peer-suites.*) run direct, through the interceptor with a permissive
+    /// config and with policies/default.toml, compared test by test; fails on a
+    /// regression not explained in tests/peer_suites.toml (root; not part of `test`).
+    PeerSuites {
+        /// Which suites: redis, psycopg (repeatable; default: redis, and psycopg
+        /// when --psycopg-src is given).
+        #[arg(long = "suite")]
+        suites: Vec<String>,
+        /// A checkout of psycopg's git tag 3.3.4 (its tests are not on PyPI).
+        #[arg(long)]
+        psycopg_src: Option<PathBuf>,
+        /// Which runs, comma-separated, direct first (default
+        /// direct,permissive,default).
+        #[arg(long)]
+        configs: Option<String>,
+        /// Seconds each pytest run may take before it is killed (default 1800).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// More pytest arguments for every run (e.g. `tests/test_pubsub.py` or `-k EXPR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        pytest: Vec<String>,
+    },
     /// fmt check, clippy, build, the whole test suite as root, then a short run of each fuzz target.
     Test {
         /// Seconds per fuzz target after the tests (0 skips fuzzing).
@@ -128,6 +152,13 @@ fn main() -> ExitCode {
         Task::Fuzz { target, seconds } => fuzz::fuzz(target.as_deref(), seconds),
         Task::SqlCorpus { only } => sql_corpus(only),
         Task::Conformance { args } => conformance(args),
+        Task::PeerSuites {
+            suites,
+            psycopg_src,
+            configs,
+            timeout,
+            pytest,
+        } => peer_suites(suites, psycopg_src, configs, timeout, pytest),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -283,6 +314,36 @@ fn conformance(args: Vec<String>) -> Result<()> {
     let table = conformance::report_if_any()?;
     println!("{table}");
     finish(&tally, status)
+}
+
+fn peer_suites(
+    mut suites: Vec<String>,
+    psycopg_src: Option<PathBuf>,
+    configs: Option<String>,
+    timeout: Option<u64>,
+    pytest: Vec<String>,
+) -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask peer-suites` must run as root: it attaches the daemon to child cgroups and starts real servers");
+    }
+    if suites.is_empty() {
+        suites.push("redis".into());
+        if psycopg_src.is_some() {
+            suites.push("psycopg".into());
+        }
+    }
+    ensure_setup()?;
+    let bin = build(false)?;
+    peer::peer_suites(
+        &bin,
+        peer::Options {
+            suites,
+            psycopg_src,
+            configs,
+            timeout,
+            pytest,
+        },
+    )
 }
 
 fn test(fuzz_seconds: u64, args: Vec<String>) -> Result<()> {

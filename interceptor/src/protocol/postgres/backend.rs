@@ -311,7 +311,13 @@ impl Message for ReadyForQuery {
 /// them, masking by name uses `name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
+    /// The column name as text. In a session whose client_encoding is not
+    /// UTF8 a name can be other bytes: then this is their text with each
+    /// invalid sequence replaced by U+FFFD (what masking by name sees), and
+    /// `raw_name` holds the bytes, which are what is sent on.
     pub name: PgStr,
+    /// The name's bytes when they are not UTF-8; `None` otherwise.
+    pub raw_name: Option<Bytes>,
     pub table_oid: u32,
     pub column_attr: i16,
     pub type_oid: u32,
@@ -342,7 +348,7 @@ impl Message for RowDescription {
         }
         let mut fields = Vec::with_capacity(count);
         for _ in 0..count {
-            let name = r.cstr("field name")?;
+            let (name, raw_name) = r.cstr_keep("field name")?;
             let table_oid = r.u32("table oid")?;
             let column_attr = r.i16("column attribute number")?;
             let type_oid = r.u32("type oid")?;
@@ -351,6 +357,7 @@ impl Message for RowDescription {
             let format = r.formats(1, "format")?[0];
             fields.push(Field {
                 name,
+                raw_name,
                 table_oid,
                 column_attr,
                 type_oid,
@@ -366,7 +373,13 @@ impl Message for RowDescription {
     fn encode_body(&self, out: &mut BytesMut) {
         put_count(out, self.fields.len());
         for f in &self.fields {
-            put_cstr(out, &f.name);
+            match &f.raw_name {
+                Some(raw) => {
+                    out.put_slice(raw);
+                    out.put_u8(0);
+                }
+                None => put_cstr(out, &f.name),
+            }
             out.put_u32(f.table_oid);
             out.put_i16(f.column_attr);
             out.put_u32(f.type_oid);
@@ -482,7 +495,11 @@ fn read_fields(r: &mut Reader<'_>) -> Result<Vec<(u8, PgStr)>, CodecError> {
         if code == 0 {
             return Ok(fields);
         }
-        let value = r.cstr("field value")?;
+        // In a client_encoding other than UTF8 a message can carry other
+        // bytes (a relation name, a localized message): read as text with
+        // invalid sequences replaced. An error the proxy does not rewrite
+        // is sent on as the frame it came in.
+        let (value, _) = r.cstr_lossy("field value")?;
         fields.push((code, value));
     }
 }
@@ -701,8 +718,8 @@ impl Message for NotificationResponse {
     fn decode_body(body: &Bytes) -> Result<Self, CodecError> {
         let mut r = Reader::new(Self::NAME, body);
         let pid = r.i32("process id")?;
-        let channel = r.cstr("channel")?;
-        let payload = r.cstr("payload")?;
+        let (channel, _) = r.cstr_lossy("channel")?;
+        let (payload, _) = r.cstr_lossy("payload")?;
         r.finish()?;
         Ok(NotificationResponse {
             pid,

@@ -585,6 +585,15 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// [`Reader::cstr_lossy`], with the string's own bytes when they are
+    /// not UTF-8 (to be sent on as they came).
+    pub(crate) fn cstr_keep(&mut self, field: &str) -> Result<(PgStr, Option<Bytes>), CodecError> {
+        let start = self.pos;
+        let (text, utf8) = self.cstr_lossy(field)?;
+        let raw = (!utf8).then(|| self.body.slice(start..self.pos - 1));
+        Ok((text, raw))
+    }
+
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self, field: &str) -> Result<PgStr, CodecError> {
         let Some(nul) = self.body[self.pos..].iter().position(|&b| b == 0) else {

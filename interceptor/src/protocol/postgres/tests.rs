@@ -225,6 +225,7 @@ fn backend_samples() -> Vec<BackendMessage> {
             fields: vec![
                 Field {
                     name: "id".into(),
+                    raw_name: None,
                     table_oid: 16384,
                     column_attr: 1,
                     type_oid: 23,
@@ -234,6 +235,7 @@ fn backend_samples() -> Vec<BackendMessage> {
                 },
                 Field {
                     name: "password".into(),
+                    raw_name: None,
                     table_oid: 16384,
                     column_attr: 2,
                     type_oid: 25,
@@ -928,4 +930,46 @@ fn query_and_parse_in_another_encoding() {
         Parse::parse_any_encoding(&frame(b'P', b"s1\0SELECT '\xe9'\0\x00\x02\x00\x00")).is_err()
     );
     assert!(Parse::parse_any_encoding(&frame(b'P', b"s\xe9\0SELECT 1\0\x00\x00")).is_err());
+}
+
+/// Backend text in another client_encoding (a latin9 column name, error
+/// message or notification) decodes, and a RowDescription re-encoded by
+/// the proxy (masking rewrites it) carries the name's own bytes.
+#[test]
+fn backend_text_in_another_encoding() {
+    // SELECT 'x' AS "€" in latin9: the name is the one byte 0xa4.
+    let mut body = vec![0u8, 1, 0xa4, 0];
+    body.extend_from_slice(&0u32.to_be_bytes()); // table oid
+    body.extend_from_slice(&0i16.to_be_bytes()); // attribute
+    body.extend_from_slice(&25u32.to_be_bytes()); // type oid
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // type size
+    body.extend_from_slice(&(-1i32).to_be_bytes()); // type modifier
+    body.extend_from_slice(&0i16.to_be_bytes()); // format
+    let t = Frame {
+        tag: Some(b'T'),
+        body: Bytes::from(body.clone()),
+    };
+    let rd = RowDescription::parse(&t).expect("decodes");
+    assert_eq!(rd.fields[0].name.as_str(), "\u{fffd}");
+    assert_eq!(rd.fields[0].raw_name.as_deref(), Some(&b"\xa4"[..]));
+    let mut wire = vec![b'T'];
+    wire.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    wire.extend_from_slice(&body);
+    assert_eq!(&rd.to_bytes()[..], &wire[..], "re-encoded byte for byte");
+
+    let e = frame(
+        b'E',
+        b"SERROR\0C42P01\0Mrelation \"\xa4\" does not exist\0\0",
+    );
+    let err = ErrorResponse::parse(&e).expect("decodes");
+    assert_eq!(err.sqlstate(), Some("42P01"));
+    assert_eq!(
+        err.field(b'M'),
+        Some("relation \"\u{fffd}\" does not exist")
+    );
+    let a = frame(b'A', b"\x00\x00\x00\x07ch\xa4\0caf\xe9\0");
+    let n = NotificationResponse::parse(&a).expect("decodes");
+    assert_eq!(n.payload.as_str(), "caf\u{fffd}");
+    // Still malformed: a missing terminator.
+    assert!(ErrorResponse::parse(&frame(b'E', b"SERROR\0M\xa4")).is_err());
 }
