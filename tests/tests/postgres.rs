@@ -1282,13 +1282,18 @@ fn statements_in_another_client_encoding_never_end_the_session() {
     use std::os::unix::ffi::OsStrExt;
     require_root();
     let pg = PgServer::start(PgOptions::new(Auth::Trust, false));
-    // 'café' in LATIN9: 0xE9 is not UTF-8.
-    let latin9 = std::ffi::OsStr::from_bytes(b"SELECT 'caf\xe9' AS word");
+    // 'café' in LATIN9: 0xE9 is not UTF-8; the column is named "€" (0xA4),
+    // so the server's RowDescription is not UTF-8 either; and an error
+    // naming a relation "té" comes back in LATIN9 too.
+    let latin9 = std::ffi::OsStr::from_bytes(b"SELECT 'caf\xe9' AS \"\xa4\"");
+    let missing = std::ffi::OsStr::from_bytes(b"SELECT 1 FROM \"t\xe9\"");
     let run = |d: &Daemon| {
         let out = in_cgroup(d, &pg, "app", &["psql", "-X", "-A", "-t"])
             .env("PGCLIENTENCODING", "LATIN9")
             .arg("-c")
             .arg(latin9)
+            .arg("-c")
+            .arg(missing)
             .args(["-c", "SELECT 'still here'"])
             .output()
             .expect("psql");
@@ -1323,6 +1328,10 @@ fn statements_in_another_client_encoding_never_end_the_session() {
         "{} {stderr}",
         String::from_utf8_lossy(&stdout)
     );
-    assert!(stderr.is_empty(), "{stderr}");
+    // The server's error, in LATIN9 as the server sent it.
+    assert!(
+        stderr.contains("relation \"t\u{fffd}\" does not exist"),
+        "{stderr}"
+    );
     assert!(String::from_utf8_lossy(&stdout).contains("still here"));
 }
