@@ -488,28 +488,41 @@ pub mod field {
     pub const WHERE: u8 = b'W';
 }
 
-fn read_fields(r: &mut Reader<'_>) -> Result<Vec<(u8, PgStr)>, CodecError> {
+/// The fields, and the bytes of those that were not UTF-8 (by index).
+type ReadFields = (Vec<(u8, PgStr)>, Vec<(usize, Bytes)>);
+
+fn read_fields(r: &mut Reader<'_>) -> Result<ReadFields, CodecError> {
     let mut fields = Vec::new();
+    let mut raw = Vec::new();
     loop {
         let code = r.u8("field type")?;
         if code == 0 {
-            return Ok(fields);
+            return Ok((fields, raw));
         }
         // In a client_encoding other than UTF8 a message can carry other
         // bytes (a relation name, a localized message): read as text with
         // invalid sequences replaced. An error the proxy does not rewrite
         // is sent on as the frame it came in.
-        let (value, _) = r.cstr_lossy("field value")?;
+        let (value, bytes) = r.cstr_keep("field value")?;
+        if let Some(bytes) = bytes {
+            raw.push((fields.len(), bytes));
+        }
         fields.push((code, value));
     }
 }
 
-fn write_fields(out: &mut BytesMut, fields: &[(u8, PgStr)]) {
-    for (code, value) in fields {
+fn write_fields(out: &mut BytesMut, fields: &[(u8, PgStr)], raw: &[(usize, Bytes)]) {
+    for (i, (code, value)) in fields.iter().enumerate() {
         // A zero code would end the list early; PostgreSQL never sends one.
         if *code != 0 {
             out.put_u8(*code);
-            put_cstr(out, value);
+            match raw.iter().find(|(at, _)| *at == i) {
+                Some((_, bytes)) => {
+                    out.put_slice(bytes);
+                    out.put_u8(0);
+                }
+                None => put_cstr(out, value),
+            }
         }
     }
     out.put_u8(0);
@@ -521,8 +534,13 @@ macro_rules! field_message {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Default)]
         pub struct $name {
-            /// (field code, value) in the order sent; see [`field`].
+            /// (field code, value) in the order sent; see [`field`]. A
+            /// value that was not UTF-8 (another client_encoding) is its
+            /// text with invalid sequences replaced...
             pub fields: Vec<(u8, PgStr)>,
+            /// ...and its bytes are here, by index into `fields`: what is
+            /// sent on when the message is encoded again.
+            pub raw: Vec<(usize, Bytes)>,
         }
 
         impl $name {
@@ -555,13 +573,13 @@ macro_rules! field_message {
 
             fn decode_body(body: &Bytes) -> Result<Self, CodecError> {
                 let mut r = Reader::new(Self::NAME, body);
-                let fields = read_fields(&mut r)?;
+                let (fields, raw) = read_fields(&mut r)?;
                 r.finish()?;
-                Ok($name { fields })
+                Ok($name { fields, raw })
             }
 
             fn encode_body(&self, out: &mut BytesMut) {
-                write_fields(out, &self.fields);
+                write_fields(out, &self.fields, &self.raw);
             }
         }
     };
@@ -707,8 +725,13 @@ copy_response!(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotificationResponse {
     pub pid: i32,
+    /// Channel and payload as text (invalid sequences replaced when they
+    /// are not UTF-8: another client_encoding)...
     pub channel: PgStr,
     pub payload: PgStr,
+    /// ...and then their bytes, sent on when the message is encoded again.
+    pub channel_raw: Option<Bytes>,
+    pub payload_raw: Option<Bytes>,
 }
 
 impl Message for NotificationResponse {
@@ -718,20 +741,32 @@ impl Message for NotificationResponse {
     fn decode_body(body: &Bytes) -> Result<Self, CodecError> {
         let mut r = Reader::new(Self::NAME, body);
         let pid = r.i32("process id")?;
-        let (channel, _) = r.cstr_lossy("channel")?;
-        let (payload, _) = r.cstr_lossy("payload")?;
+        let (channel, channel_raw) = r.cstr_keep("channel")?;
+        let (payload, payload_raw) = r.cstr_keep("payload")?;
         r.finish()?;
         Ok(NotificationResponse {
             pid,
             channel,
             payload,
+            channel_raw,
+            payload_raw,
         })
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
         out.put_i32(self.pid);
-        put_cstr(out, &self.channel);
-        put_cstr(out, &self.payload);
+        for (text, raw) in [
+            (&self.channel, &self.channel_raw),
+            (&self.payload, &self.payload_raw),
+        ] {
+            match raw {
+                Some(bytes) => {
+                    out.put_slice(bytes);
+                    out.put_u8(0);
+                }
+                None => put_cstr(out, text),
+            }
+        }
     }
 }
 

@@ -323,9 +323,17 @@ impl StoreMasks {
             return None;
         }
         let bytes = if notice {
-            NoticeResponse { fields: out_fields }.to_bytes()
+            NoticeResponse {
+                fields: out_fields,
+                raw: Vec::new(),
+            }
+            .to_bytes()
         } else {
-            ErrorResponse { fields: out_fields }.to_bytes()
+            ErrorResponse {
+                fields: out_fields,
+                raw: Vec::new(),
+            }
+            .to_bytes()
         };
         Some((bytes, masked))
     }

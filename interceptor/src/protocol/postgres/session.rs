@@ -1721,6 +1721,7 @@ fn denial_error(d: &Denial) -> Bytes {
             (b'D', PgStr::from(format!("denied: {}", d.reason))),
             (b'H', PgStr::from(format!("policy rule \"{}\"", d.rule))),
         ],
+        raw: Vec::new(),
     }
     .to_bytes()
 }

@@ -263,10 +263,12 @@ fn backend_samples() -> Vec<BackendMessage> {
                 (b'M', "relation \"nope\" does not exist".into()),
                 (b'P', "15".into()),
             ],
+            raw: Vec::new(),
         }
         .into(),
         NoticeResponse {
             fields: vec![(b'S', "NOTICE".into()), (b'M', "hello".into())],
+            raw: Vec::new(),
         }
         .into(),
         ParameterDescription {
@@ -303,6 +305,8 @@ fn backend_samples() -> Vec<BackendMessage> {
             pid: 1,
             channel: "jobs".into(),
             payload: "{\"id\":1}".into(),
+            channel_raw: None,
+            payload_raw: None,
         }
         .into(),
         NegotiateProtocolVersion {
@@ -970,6 +974,9 @@ fn backend_text_in_another_encoding() {
     let a = frame(b'A', b"\x00\x00\x00\x07ch\xa4\0caf\xe9\0");
     let n = NotificationResponse::parse(&a).expect("decodes");
     assert_eq!(n.payload.as_str(), "caf\u{fffd}");
+    // Both are sent on byte for byte when encoded again.
+    assert_eq!(&n.to_bytes()[5..], &a.body[..]);
+    assert_eq!(&err.to_bytes()[5..], &e.body[..]);
     // Still malformed: a missing terminator.
     assert!(ErrorResponse::parse(&frame(b'E', b"SERROR\0M\xa4")).is_err());
 }
