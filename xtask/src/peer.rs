@@ -16,7 +16,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, run, show, step, succeeds, target_dir, workspace_root};
+use crate::util::{
+    cargo, pip_download_sdist, pip_install_lock, run, show, step, succeeds, target_dir,
+    workspace_root,
+};
 
 const LOCK: &str = "pins/peer-suites.lock";
 const SOURCES: &str = "pins/peer-suites-sources.txt";
@@ -138,20 +141,8 @@ fn venv(base: &Path) -> Result<PathBuf> {
     }
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
         .context("python3 -m venv failed: is python3-venv installed (cargo xtask setup)?")?;
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--progress-bar",
-            "off",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--require-hashes",
-            "-r",
-        ])
-        .arg(&lock_path))
-    .context("pip could not install the pinned packages: check access to PyPI")?;
+    run(&mut pip_install_lock(&python, &lock_path))
+        .context("pip could not install the pinned packages: check access to PyPI")?;
     fs::write(&stamp, &lock).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(python)
 }
@@ -187,30 +178,13 @@ fn redis_source(base: &Path, python: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&download)?;
     let req = src.join("redis.txt");
     fs::write(&req, format!("{requirement}\n"))?;
-    run(Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--require-hashes",
-            "-r",
-        ])
-        .arg(&req)
-        .arg("-d")
-        .arg(&download))
-    .context(
-        "pip could not download redis-py's pinned source distribution: check access to PyPI",
+    let archive = pip_download_sdist(
+        python,
+        &req,
+        &download,
+        ("redis", version),
+        "redis-py's pinned source distribution",
     )?;
-    let archive = download.join(format!("redis-{version}.tar.gz"));
-    if !archive.exists() {
-        bail!("pip did not leave {}", archive.display());
-    }
     run(Command::new("tar")
         .arg("-xzf")
         .arg(&archive)

@@ -14,7 +14,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::util::{is_root, output, run, show, step, succeeds, target_dir, workspace_root};
+use crate::util::{
+    is_root, output, pip_install_lock, run, show, step, succeeds, target_dir, workspace_root,
+};
 
 /// Debian packages the build, the tests and the benchmarks use.
 pub const APT_PACKAGES: &[&str] = &[
@@ -503,21 +505,7 @@ impl Setup {
             }
             self.exec(Command::new("python3").args(["-m", "venv"]).arg(&venv))
                 .context("python3 -m venv failed: is python3-venv installed?")?;
-            self.exec(
-                Command::new(&python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--progress-bar",
-                        "off",
-                        "--disable-pip-version-check",
-                        "--no-deps",
-                        "--require-hashes",
-                        "-r",
-                    ])
-                    .arg(&lock_path),
-            )
+            self.exec(&mut pip_install_lock(&python, &lock_path))
             .context("pip could not install the pinned packages: check access to PyPI and the pip output above")?;
             if !self.opts.dry_run {
                 fs::write(&stamp, &lock)

@@ -105,3 +105,57 @@ pub fn target_dir() -> Result<PathBuf> {
         .context("`cargo metadata` has no target_directory")?;
     Ok(PathBuf::from(dir))
 }
+
+/// `python -m pip install` of a lock file: every package pinned with its
+/// hashes, no dependency resolved beyond it.
+pub fn pip_install_lock(python: &Path, lock: &Path) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--progress-bar",
+        "off",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--require-hashes",
+        "-r",
+    ])
+    .arg(lock);
+    cmd
+}
+
+/// Downloads the source distribution `name==version` that `requirements`
+/// pins (with its hash) into `dest`, and returns the archive's path.
+/// `what` names it in the error.
+pub fn pip_download_sdist(
+    python: &Path,
+    requirements: &Path,
+    dest: &Path,
+    (name, version): (&str, &str),
+    what: &str,
+) -> Result<PathBuf> {
+    run(Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--require-hashes",
+            "-r",
+        ])
+        .arg(requirements)
+        .arg("-d")
+        .arg(dest))
+    .with_context(|| format!("pip could not download {what}: check access to PyPI"))?;
+    let archive = dest.join(format!("{name}-{version}.tar.gz"));
+    if !archive.exists() {
+        bail!("pip did not leave {}", archive.display());
+    }
+    Ok(archive)
+}

@@ -201,23 +201,21 @@ impl Server {
         }
     }
 
+    /// The store protocol that serves this server; also the name of its
+    /// store in policies/default.toml.
+    fn protocol(&self) -> &'static str {
+        match self {
+            Server::Redis(..) => "redis",
+            Server::Pg(_) => "postgres",
+        }
+    }
+
     /// The store of the permissive config: the server, no rule, no mask.
     fn permissive_store(&self, suite: Suite) -> Store {
         Store {
             name: suite.name().into(),
-            protocol: match self {
-                Server::Redis(..) => "redis".into(),
-                Server::Pg(_) => "postgres".into(),
-            },
+            protocol: self.protocol().into(),
             targets: vec![self.addr()],
-        }
-    }
-
-    /// The store of policies/default.toml that serves this server.
-    fn default_store(&self) -> &'static str {
-        match self {
-            Server::Redis(..) => "redis",
-            Server::Pg(_) => "postgres",
         }
     }
 
@@ -378,7 +376,7 @@ fn run(args: &Args) -> Result<bool, String> {
                     &format!("peer-{suite}-default"),
                     &cg,
                     DEFAULT_PORT,
-                    &[store_at(server.default_store(), server.addr())],
+                    &[store_at(server.protocol(), server.addr())],
                 );
                 let env = server.default_run_env();
                 let mut argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -434,9 +432,11 @@ fn deselected(suite: &str, config: &str) -> Result<Vec<String>, String> {
         .flatten()
     {
         let field = |k: &str| e.get(k).and_then(|v| v.as_str());
-        let applies = field("suite") == Some(suite)
-            && matches!(field("config").unwrap_or("both"), c if c == config || c == "both");
-        if !applies || config == "direct" {
+        let configs = field("config").unwrap_or("both");
+        if config == "direct"
+            || field("suite") != Some(suite)
+            || !(configs == config || configs == "both")
+        {
             continue;
         }
         for d in e

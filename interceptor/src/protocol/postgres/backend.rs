@@ -8,8 +8,8 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{
-    encode, put_count, put_cstr, put_value, CodecError, Format, Frame, Message, PgStr, Reader,
-    MAX_CANCEL_KEY,
+    encode, put_count, put_cstr, put_cstr_kept, put_value, CodecError, Format, Frame, Message,
+    PgStr, Reader, MAX_CANCEL_KEY,
 };
 use super::frontend::{empty_message, message_enum, CopyData, CopyDone};
 
@@ -373,13 +373,7 @@ impl Message for RowDescription {
     fn encode_body(&self, out: &mut BytesMut) {
         put_count(out, self.fields.len());
         for f in &self.fields {
-            match &f.raw_name {
-                Some(raw) => {
-                    out.put_slice(raw);
-                    out.put_u8(0);
-                }
-                None => put_cstr(out, &f.name),
-            }
+            put_cstr_kept(out, &f.name, f.raw_name.as_ref());
             out.put_u32(f.table_oid);
             out.put_i16(f.column_attr);
             out.put_u32(f.type_oid);
@@ -516,13 +510,8 @@ fn write_fields(out: &mut BytesMut, fields: &[(u8, PgStr)], raw: &[(usize, Bytes
         // A zero code would end the list early; PostgreSQL never sends one.
         if *code != 0 {
             out.put_u8(*code);
-            match raw.iter().find(|(at, _)| *at == i) {
-                Some((_, bytes)) => {
-                    out.put_slice(bytes);
-                    out.put_u8(0);
-                }
-                None => put_cstr(out, value),
-            }
+            let kept = raw.iter().find(|(at, _)| *at == i).map(|(_, b)| b);
+            put_cstr_kept(out, value, kept);
         }
     }
     out.put_u8(0);
@@ -755,18 +744,8 @@ impl Message for NotificationResponse {
 
     fn encode_body(&self, out: &mut BytesMut) {
         out.put_i32(self.pid);
-        for (text, raw) in [
-            (&self.channel, &self.channel_raw),
-            (&self.payload, &self.payload_raw),
-        ] {
-            match raw {
-                Some(bytes) => {
-                    out.put_slice(bytes);
-                    out.put_u8(0);
-                }
-                None => put_cstr(out, text),
-            }
-        }
+        put_cstr_kept(out, &self.channel, self.channel_raw.as_ref());
+        put_cstr_kept(out, &self.payload, self.payload_raw.as_ref());
     }
 }
 

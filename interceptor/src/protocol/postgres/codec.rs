@@ -466,7 +466,16 @@ pub(crate) fn encode_untagged(body: impl FnOnce(&mut BytesMut)) -> Bytes {
 /// Writes a NUL-terminated string. A NUL inside `s` would end the field early
 /// and let the rest be read as further fields, so the string is cut there.
 pub(crate) fn put_cstr(out: &mut BytesMut, s: &str) {
-    let bytes = s.as_bytes();
+    put_cstr_bytes(out, s.as_bytes());
+}
+
+/// [`put_cstr`] of a string [`Reader::cstr_keep`] read: its own bytes when
+/// it kept them (not UTF-8), else its text.
+pub(crate) fn put_cstr_kept(out: &mut BytesMut, text: &str, raw: Option<&Bytes>) {
+    put_cstr_bytes(out, raw.map_or(text.as_bytes(), |b| &b[..]));
+}
+
+fn put_cstr_bytes(out: &mut BytesMut, bytes: &[u8]) {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     out.put_slice(&bytes[..end]);
     out.put_u8(0);
